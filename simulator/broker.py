@@ -1,0 +1,114 @@
+"""A private Mosquitto broker on loopback, for the demo, the simulator and the tests."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be found or started."""
+
+
+def find_program(name: str) -> str:
+    """Locate a system program, looking in /usr/sbin too (where Debian puts mosquitto)."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        raise BrokerError(f"{name} is not installed; run `make test` or `apt-get install mosquitto mosquitto-clients`")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+class Broker:
+    """One mosquitto process with its own config, persistence and log in `workdir`.
+
+    `settings` are extra mosquitto.conf lines (e.g. "max_queued_messages 0").
+    The port stays the same across restart(), so clients can reconnect.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, settings: tuple[str, ...] = ()):
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.settings = settings
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.workdir / "mosquitto.log"
+
+    @property
+    def conf_path(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    def write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.workdir}/",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            *self.settings,
+        ]
+        self.conf_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 10.0) -> "Broker":
+        self.write_config()
+        self.proc = subprocess.Popen(
+            [find_program("mosquitto"), "-c", str(self.conf_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.workdir,
+        )
+        if not wait_for_port(self.port, timeout, self.proc):
+            self.stop()
+            raise BrokerError(f"mosquitto did not start on port {self.port}: {self.log_tail()}")
+        return self
+
+    def stop(self) -> None:
+        """Stop cleanly: mosquitto saves its persistent sessions and queues on SIGTERM."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        if self.proc and self.proc.stderr and self.proc.poll() is not None:
+            text += self.proc.stderr.read().decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> "Broker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
