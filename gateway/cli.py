@@ -1,18 +1,118 @@
 """hcp-gateway: command-line entry points (thin wrappers over gateway.* and protocol.*)."""
 from __future__ import annotations
 
+import datetime as dt
+import getpass
 import json
 import sys
+import time
+from pathlib import Path
 
 import click
 
+from gateway import db, logs, report, settings
 from protocol import codec
+
+CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+                             help="The gateway's TOML config (see `hcp-gateway sample-config`).")
+
+
+def load_config(path: Path | None) -> dict:
+    try:
+        return settings.load(path)
+    except settings.ConfigError as e:
+        raise click.ClickException(f"bad configuration: {e}")
+
+
+def open_readonly(config: dict):
+    path = Path(config["store.path"])
+    if not path.exists():
+        raise click.ClickException(f"no database at {path}; has the gateway run with this config?")
+    try:
+        return db.connect(path, readonly=True)
+    except db.StorageError as e:
+        raise click.ClickException(str(e))
 
 
 @click.group()
 @click.version_option(package_name="hcp-evaluator")
 def main() -> None:
     """The hall gateway of the 好差评 evaluators."""
+
+
+@main.command()
+@CONFIG_OPTION
+def run(config_path: Path | None) -> None:
+    """Run the gateway until SIGTERM or Ctrl-C.
+
+    Example: hcp-gateway run --config gateway.toml
+    """
+    from gateway.service import Gateway
+
+    config = load_config(config_path)
+    logs.setup(config["log.level"])
+    gateway = Gateway(config)
+    try:
+        gateway.start()
+    except db.StorageError as e:
+        raise click.ClickException(f"database {config['store.path']}: {e}")
+    except OSError as e:
+        gateway.stop()
+        raise click.ClickException(f"cannot listen on {config['http.host']}:{config['http.port']}: {e}")
+    gateway.run_until_signal()
+
+
+@main.command("sample-config")
+def sample_config() -> None:
+    """Print a commented config with every setting and its default.
+
+    Example: hcp-gateway sample-config > gateway.toml
+    """
+    click.echo(settings.sample(), nl=False)
+
+
+@main.command()
+@CONFIG_OPTION
+def status(config_path: Path | None) -> None:
+    """Queue depths, oldest unforwarded rating, dead letters, devices online and offline.
+
+    Example: hcp-gateway status --config gateway.toml
+    """
+    database = open_readonly(load_config(config_path))
+    click.echo(json.dumps(report.status(database, time.time()), indent=1))
+
+
+@main.command("dead-letters")
+@CONFIG_OPTION
+@click.option("--retry", is_flag=True, help="Put them back in the forwarding queue.")
+@click.option("--id", "rating_ids", type=int, multiple=True, help="Only these ratings (repeatable).")
+def dead_letters(config_path: Path | None, retry: bool, rating_ids: tuple[int, ...]) -> None:
+    """List ratings the province rejected (or that could not be mapped), with the reason; or retry them.
+
+    Example: hcp-gateway dead-letters --config gateway.toml --retry --id 17
+    """
+    config = load_config(config_path)
+    if retry:
+        count = report.retry_dead_letters(Path(config["store.path"]), list(rating_ids), getpass.getuser(), time.time())
+        click.echo(f"{count} dead letters queued again")
+        return
+    for row in report.dead_letters(open_readonly(config)):
+        if not rating_ids or row["rating_id"] in rating_ids:
+            click.echo(json.dumps(row, ensure_ascii=False))
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), required=True, help="First day (China time).")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), required=True, help="Last day, included.")
+@click.option("--public-only", is_flag=True, help="Only ratings the citizen allowed to publish.")
+def export(config_path: Path | None, start: dt.datetime, end: dt.datetime, public_only: bool) -> None:
+    """Write the ratings of a date range as CSV to standard output.
+
+    Example: hcp-gateway export --config gateway.toml --from 2026-11-01 --to 2026-11-30 > november.csv
+    """
+    database = open_readonly(load_config(config_path))
+    click.echo(report.export_csv(database, start.date(), end.date(), public_only), nl=False)
 
 
 @main.command()

@@ -7,6 +7,9 @@ channel codes, the region code. CPython only; the device never sees upstream cod
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
+import secrets
 from dataclasses import dataclass, field
 
 from protocol.codec import BAD_LEVELS, LEVELS, REASON_CODES
@@ -85,6 +88,8 @@ def to_record(rating: dict, case: dict | None, profile: Profile) -> dict:
         raise MappingError(f"unknown level {rating['level']!r}")
     case = case or {}
     is_default = channel == "default"
+    if not rating.get("window_no"):
+        raise MappingError("windowNo is required: register the device's window, or give the case one")
     record = {
         "evalId": rating["eval_id"],
         "deptCode": case.get("dept_code") or rating.get("dept_code"),
@@ -113,3 +118,23 @@ def to_record(rating: dict, case: dict | None, profile: Profile) -> dict:
     if rating.get("comment"):
         record["writingEvaluation"] = rating["comment"][:500]
     return record
+
+
+# ---- request signing (PROVINCE-API.md, Authentication) ----
+
+BATCH_PATH = "/api/hcp/v1/evaluations/batch"
+RECORD_PATH = "/api/hcp/v1/evaluations/"
+
+
+def signature(app_secret: str, app_key: str, timestamp_ms: str, nonce: str, body: bytes) -> str:
+    """Lowercase hex HMAC-SHA256 of appKey, timestamp, nonce and the body's SHA-256, newline-joined."""
+    message = "\n".join([app_key, timestamp_ms, nonce, hashlib.sha256(body).hexdigest()])
+    return hmac.new(app_secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def auth_headers(app_key: str, app_secret: str, body: bytes, now_s: float) -> dict:
+    """The four authentication headers of one request, with a fresh nonce."""
+    timestamp = str(int(now_s * 1000))
+    nonce = secrets.token_hex(16)
+    return {"X-App-Key": app_key, "X-Timestamp": timestamp, "X-Nonce": nonce,
+            "X-Signature": signature(app_secret, app_key, timestamp, nonce, body)}

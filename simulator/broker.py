@@ -8,6 +8,16 @@ import time
 from pathlib import Path
 
 
+REPO = Path(__file__).resolve().parent.parent
+GATEWAY_SETTINGS = REPO / "gateway" / "mosquitto.conf"
+
+
+def gateway_settings() -> tuple[str, ...]:
+    """The broker settings the gateway relies on, as shipped in gateway/mosquitto.conf."""
+    lines = GATEWAY_SETTINGS.read_text().splitlines()
+    return tuple(line for line in lines if line.strip() and not line.startswith("#"))
+
+
 class BrokerError(RuntimeError):
     """The broker could not be found or started."""
 
@@ -42,14 +52,14 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
 class Broker:
     """One mosquitto process with its own config, persistence and log in `workdir`.
 
-    `settings` are extra mosquitto.conf lines (e.g. "max_queued_messages 0").
+    `settings` are mosquitto.conf lines; by default the gateway's (gateway/mosquitto.conf).
     The port stays the same across restart(), so clients can reconnect.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, settings: tuple[str, ...] = ()):
+    def __init__(self, workdir: Path, port: int | None = None, settings: tuple[str, ...] | None = None):
         self.workdir = Path(workdir)
         self.port = port or free_port()
-        self.settings = settings
+        self.settings = gateway_settings() if settings is None else settings
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "mosquitto.log"
 
@@ -62,7 +72,6 @@ class Broker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
-            "persistence true",
             f"persistence_location {self.workdir}/",
             f"log_dest file {self.log_path}",
             "log_type error",

@@ -1,0 +1,137 @@
+"""The gateway's SQLite database: connections and versioned schema migrations.
+
+Only the writer thread (gateway.store.Writer) writes; everything else opens read-only connections.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import sqlite_utils
+
+
+class StorageError(RuntimeError):
+    """The database cannot be opened or written (missing folder, no permission, disk full, corrupt file)."""
+
+
+# Small recorded steps, applied in order; never edit one that has shipped, add the next.
+MIGRATIONS = [
+    ("initial schema", """
+CREATE TABLE devices (
+    dev TEXT PRIMARY KEY,
+    hall TEXT NOT NULL,
+    window_no TEXT, dept_code TEXT, dept_name TEXT, staff_no TEXT,
+    state TEXT NOT NULL DEFAULT 'unknown',          -- online | offline | unknown
+    boot TEXT, fw TEXT, uptime_s INTEGER, heap INTEGER, rssi INTEGER, outbox INTEGER,
+    last_error TEXT, config_ver INTEGER, last_seen REAL
+);
+CREATE TABLE cases (
+    case_ref TEXT PRIMARY KEY,                      -- what the prompt and the device's rating carry
+    project_no TEXT NOT NULL, task_code TEXT NOT NULL, task_name TEXT NOT NULL,
+    dept_code TEXT NOT NULL, dept_name TEXT, staff_no TEXT NOT NULL, window_no TEXT, dev TEXT,
+    user_prop INTEGER,
+    finished_at REAL NOT NULL,                      -- 办结
+    deadline REAL,                                  -- rating window closes; NULL until the calendar knows
+    state TEXT NOT NULL DEFAULT 'open'              -- open | rated | defaulted | cancelled
+);
+CREATE INDEX cases_open ON cases(deadline) WHERE state = 'open';
+CREATE TABLE ratings (
+    id INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,                           -- device id, or the gateway's name (QR, default)
+    rid TEXT NOT NULL,                              -- the protocol's rating id
+    channel TEXT NOT NULL,                          -- device | qr | default
+    boot TEXT, seq INTEGER,
+    case_ref TEXT,
+    level TEXT NOT NULL, public INTEGER NOT NULL, reasons TEXT, comment TEXT,
+    device_time REAL, received_at REAL NOT NULL, assessed_at REAL NOT NULL,
+    UNIQUE (origin, rid)
+);
+CREATE UNIQUE INDEX ratings_one_per_case ON ratings(case_ref) WHERE case_ref IS NOT NULL;
+CREATE INDEX ratings_received ON ratings(received_at);
+CREATE TABLE outbox (
+    rating_id INTEGER PRIMARY KEY REFERENCES ratings(id) ON DELETE CASCADE,
+    state TEXT NOT NULL DEFAULT 'pending',          -- pending | forwarded | dead
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    done_at REAL
+);
+CREATE INDEX outbox_pending ON outbox(rating_id) WHERE state = 'pending';
+CREATE INDEX outbox_dead ON outbox(rating_id) WHERE state = 'dead';
+CREATE TABLE already_rated (                        -- later attempts at a case already rated: not ratings
+    id INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL, rid TEXT NOT NULL, channel TEXT NOT NULL, case_ref TEXT NOT NULL,
+    level TEXT NOT NULL, received_at REAL NOT NULL,
+    UNIQUE (origin, rid)
+);
+CREATE TABLE forward_attempts (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, records INTEGER NOT NULL,
+    http_status INTEGER, outcome TEXT NOT NULL, detail TEXT, duration_ms REAL
+);
+CREATE TABLE rejects (
+    id INTEGER PRIMARY KEY, received_at REAL NOT NULL, topic TEXT NOT NULL, dev TEXT, ref TEXT,
+    code TEXT NOT NULL, field TEXT, detail TEXT, payload BLOB
+);
+CREATE TABLE followups (                            -- a 差评 to rectify (policy art. 12-13)
+    rating_id INTEGER PRIMARY KEY REFERENCES ratings(id),
+    opened_at REAL NOT NULL, deadline REAL,
+    state TEXT NOT NULL DEFAULT 'open',             -- open | closed
+    notify_state TEXT NOT NULL DEFAULT 'pending',   -- pending | sent | none
+    notify_attempts INTEGER NOT NULL DEFAULT 0, notify_error TEXT, notify_after REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX followups_notify ON followups(notify_after) WHERE notify_state = 'pending';
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, detail TEXT
+);
+"""),
+]
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite_utils.Database:
+    """Open the database. The writer's connection is in WAL mode with full fsync: an ack means on disk."""
+    path = Path(path)
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+        else:
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+        db = sqlite_utils.Database(conn)
+        if not readonly:
+            db.enable_wal()
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        return db
+    except sqlite3.Error as e:
+        raise StorageError(f"cannot open database {path}: {e}") from None
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply the migrations this database has not had yet; return their names."""
+    conn = db.conn
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at REAL)")
+        done = {row[0] for row in conn.execute("SELECT version FROM migrations")}
+        applied = []
+        for version, (name, sql) in enumerate(MIGRATIONS, start=1):
+            if version in done:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in sql.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO migrations VALUES (?, ?, ?)", (version, name, time.time()))
+            conn.execute("COMMIT")
+            applied.append(name)
+        return applied
+    except sqlite3.Error as e:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise StorageError(f"cannot prepare database: {e}") from None
+
+
+def used_bytes(db: sqlite_utils.Database) -> int:
+    """Bytes the database really uses (pages in use, not free pages left by pruning)."""
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    return (pages - free) * size

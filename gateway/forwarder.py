@@ -1,0 +1,232 @@
+"""Forwarding stored ratings to the provincial 好差评 system (PROVINCE-API.md), oldest first, in batches.
+
+Every record carries a stable evalId, so a retry after a timeout or a crash is harmless (the province answers
+"duplicate"). Failures back off exponentially with full jitter; 429/503 wait as long as Retry-After says. A
+record the province rejects (or that cannot be mapped) becomes a dead letter with the reason: visible,
+retryable by an operator, never retried on its own.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import random
+import threading
+import time
+from urllib.parse import urlsplit
+
+from gateway import db
+from gateway.settings import upstream_profile
+from gateway.store import Writer
+from protocol import upstream
+
+log = logging.getLogger("gateway.forwarder")
+MAX_BODY = 1024 * 1024
+IDLE_POLL_S = 0.5
+
+_PENDING = """
+SELECT r.id, r.origin, r.rid, r.channel, r.level, r.public, r.reasons, r.comment, r.assessed_at,
+       c.project_no, c.task_code, c.task_name, c.dept_code AS case_dept, c.dept_name AS case_dept_name,
+       c.staff_no AS case_staff, c.window_no AS case_window, c.user_prop,
+       d.window_no, d.dept_code, d.dept_name, d.staff_no
+FROM outbox o JOIN ratings r ON r.id = o.rating_id
+LEFT JOIN cases c ON c.case_ref = r.case_ref
+LEFT JOIN devices d ON d.dev = r.origin
+WHERE o.state = 'pending'
+ORDER BY o.rating_id LIMIT ?
+"""
+
+
+class Forwarder:
+    def __init__(self, config: dict, writer: Writer, clock):
+        self.config = config
+        self.writer = writer
+        self.clock = clock
+        self.profile = upstream_profile(config)
+        url = urlsplit(config["upstream.url"])
+        self.enabled = bool(config["upstream.url"])
+        self._https = url.scheme == "https"
+        self._host, self._port = url.hostname, url.port
+        self._base = url.path.rstrip("/")
+        self._conn: http.client.HTTPConnection | None = None
+        self.failures = 0
+        self.counts = {"forwarded": 0, "duplicate": 0, "dead": 0, "attempts": 0, "failed_attempts": 0}
+        self.last_error = ""
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reader = None
+
+    def start(self) -> None:
+        if not self.enabled:
+            log.info("upstream.url is empty: ratings are stored and kept, not forwarded")
+            return
+        self._reader = db.connect(self.writer.path, readonly=True)
+        self._thread = threading.Thread(target=self._loop, name="forwarder", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake.set()
+        if self._thread:
+            self._thread.join()
+        if self._reader is not None:
+            self._reader.conn.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delay = self.forward_once()
+            except Exception:  # noqa: BLE001 - keep forwarding whatever one batch did
+                log.exception("forwarding failed")
+                delay = self._backoff()
+            if delay == IDLE_POLL_S:  # nothing to send: a new rating wakes us early
+                self.wake.clear()
+                self.wake.wait(delay)
+            elif delay:  # backing off: new ratings must not cut the wait short
+                self._stop.wait(delay)
+
+    def forward_once(self) -> float:
+        """Send one batch; return how long to wait before the next (0: go on at once)."""
+        cursor = self._reader.execute(_PENDING, (self.config["upstream.batch_size"],))
+        rows = cursor.fetchall()
+        if not rows:
+            return IDLE_POLL_S
+        columns = [d[0] for d in cursor.description]
+        items, unmappable = [], []
+        for row in rows:
+            row = dict(zip(columns, row))
+            try:
+                items.append((row["id"], self.record(row)))
+            except upstream.MappingError as e:
+                unmappable.append((row["id"], f"mapping: {e}"))
+        if unmappable:
+            self._settle([], [], unmappable, None, "unmappable", "", 0)
+        return self._send(items) if items else 0
+
+    def record(self, row: dict) -> dict:
+        rating = {
+            "eval_id": upstream.eval_id(self.profile.source, row["origin"], row["rid"]),
+            "level": row["level"], "channel": row["channel"], "assessed_at": int(row["assessed_at"]),
+            "public": bool(row["public"]), "reasons": row["reasons"].split(",") if row["reasons"] else None,
+            "comment": row["comment"], "window_no": row["case_window"] or row["window_no"],
+            "dept_code": row["dept_code"], "dept_name": row["dept_name"], "staff_no": row["staff_no"],
+        }
+        case = None
+        if row["project_no"]:
+            case = {"project_no": row["project_no"], "task_code": row["task_code"], "task_name": row["task_name"],
+                    "dept_code": row["case_dept"], "dept_name": row["case_dept_name"],
+                    "staff_no": row["case_staff"], "user_prop": row["user_prop"]}
+        return upstream.to_record(rating, case, self.profile)
+
+    def _send(self, items: list[tuple[int, dict]]) -> float:
+        body = json.dumps({"dataSource": self.profile.source, "records": [r for _, r in items]},
+                          ensure_ascii=False, separators=(",", ":")).encode()
+        if len(body) > MAX_BODY and len(items) > 1:
+            half = len(items) // 2
+            return self._send(items[:half]) or self._send(items[half:])
+        started = time.monotonic()
+        try:
+            status, headers, answer = self._post(body)
+        except (OSError, http.client.HTTPException) as e:
+            self._close()
+            return self._failed(items, None, f"{type(e).__name__}: {e}", (time.monotonic() - started) * 1000)
+        took = (time.monotonic() - started) * 1000
+        if status == 200:
+            return self._accepted(items, answer, took)
+        if status in (429, 503):
+            wait = _retry_after(headers, self.config["upstream.backoff_max_s"])
+            backoff = self._failed(items, status, f"busy, retry after {wait} s", took)
+            return wait if wait is not None else backoff
+        if status in (400, 413):
+            if len(items) > 1:  # the envelope is refused as a whole: find the record that breaks it
+                half = len(items) // 2
+                return self._send(items[:half]) or self._send(items[half:])
+            self._settle([], [], [(items[0][0], f"HTTP {status}: {answer[:300]!r}")], status, "dead", "", took)
+            return 0
+        # 401/403/404, other 4xx and 5xx: a setting or the province is wrong, not the records; keep them.
+        return self._failed(items, status, f"HTTP {status}: {answer[:300]!r}", took)
+
+    def _post(self, body: bytes) -> tuple[int, http.client.HTTPMessage, bytes]:
+        if self._conn is None:
+            make = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = make(self._host, self._port, timeout=self.config["upstream.timeout_s"])
+        headers = {"Content-Type": "application/json", **upstream.auth_headers(
+            self.config["upstream.app_key"], self.config["upstream.app_secret"], body, self.clock.now())}
+        self._conn.request("POST", self._base + upstream.BATCH_PATH, body=body, headers=headers)
+        response = self._conn.getresponse()
+        return response.status, response.headers, response.read()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _accepted(self, items, answer: bytes, took: float) -> float:
+        try:
+            results = json.loads(answer)["results"]
+            by_id = {r["evalId"]: r for r in results}
+        except (ValueError, KeyError, TypeError):
+            return self._failed(items, 200, f"unreadable answer: {answer[:300]!r}", took)
+        done, duplicate, dead, missing = [], [], [], []
+        for rating_id, record in items:
+            result = by_id.get(record["evalId"])
+            status = result.get("status") if result else None
+            if status == "accepted":
+                done.append(rating_id)
+            elif status == "duplicate":
+                duplicate.append(rating_id)
+            elif status == "rejected":
+                dead.append((rating_id, f"{result.get('error')}: {result.get('message', '')}"[:500]))
+            else:
+                missing.append(rating_id)
+        self._settle(done, duplicate, dead, 200, "ok", "" if not missing else f"{len(missing)} without result", took)
+        self.failures = 0
+        return self._backoff() if missing else 0
+
+    def _failed(self, items, status: int | None, detail: str, took: float) -> float:
+        self.last_error = detail
+        self.counts["failed_attempts"] += 1
+        log.warning("forwarding %d ratings failed: %s", len(items), detail)
+        ids = [rating_id for rating_id, _ in items]
+        self.writer.call(lambda conn: _record_failure(conn, ids, self.clock.now(), status, detail, took))
+        self.failures += 1
+        return self._backoff()
+
+    def _settle(self, done, duplicate, dead, status, outcome, detail, took) -> None:
+        now = self.clock.now()
+
+        def run(conn):
+            forwarded = [(now, i) for i in done + duplicate]
+            conn.executemany("UPDATE outbox SET state = 'forwarded', attempts = attempts + 1, done_at = ? "
+                             "WHERE rating_id = ?", forwarded)
+            conn.executemany("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, done_at = ? "
+                             "WHERE rating_id = ?", [(why, now, i) for i, why in dead])
+            conn.execute("INSERT INTO forward_attempts (at, records, http_status, outcome, detail, duration_ms) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (now, len(forwarded) + len(dead), status, outcome, detail, took))
+
+        self.writer.call(run)
+        self.counts["attempts"] += 1
+        self.counts["forwarded"] += len(done)
+        self.counts["duplicate"] += len(duplicate)
+        self.counts["dead"] += len(dead)
+        for rating_id, why in dead:
+            log.error("rating %d is a dead letter: %s", rating_id, why)
+
+    def _backoff(self) -> float:
+        base, cap = self.config["upstream.backoff_base_s"], self.config["upstream.backoff_max_s"]
+        return random.uniform(0, min(cap, base * 2 ** min(self.failures, 30)))
+
+
+def _record_failure(conn, ids, now, status, detail, took) -> None:
+    conn.executemany("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE rating_id = ?",
+                     [(detail[:500], i) for i in ids])
+    conn.execute("INSERT INTO forward_attempts (at, records, http_status, outcome, detail, duration_ms) "
+                 "VALUES (?, ?, ?, 'failed', ?, ?)", (now, len(ids), status, detail[:500], took))
+
+
+def _retry_after(headers, cap: float) -> float | None:
+    try:
+        return min(cap, max(0.0, float(headers.get("Retry-After"))))
+    except (TypeError, ValueError):
+        return None

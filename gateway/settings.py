@@ -1,0 +1,171 @@
+"""Every gateway setting, declared once with its default and help; the sample config is generated from here.
+
+A config file is TOML with one table per section: `[mqtt]`, `[store]`, ... Unknown or mistyped settings are
+refused with a message that names them.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which setting and why."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # section.key
+    default: object
+    help: str
+    kind: type | None = None  # when the default does not show the type (None defaults)
+
+    @property
+    def type(self) -> type:
+        return self.kind or type(self.default)
+
+
+SETTINGS = [
+    Setting("gateway.hall", "hall-1", "This hall's id in MQTT topics (1-32 of A-Z a-z 0-9 _ -)."),
+    Setting("gateway.name", "gw", "Origin name of ratings this gateway makes itself (QR page, default ratings)."),
+    Setting("mqtt.host", "127.0.0.1", "Broker host."),
+    Setting("mqtt.port", 1883, "Broker port."),
+    Setting("mqtt.client_id", "hcp-gateway", "Fixed client id: the broker keeps this persistent session, and "
+            "queues ratings for it while the gateway is down."),
+    Setting("mqtt.username", "", "Broker user name (empty: anonymous)."),
+    Setting("mqtt.password", "", "Broker password."),
+    Setting("mqtt.keepalive_s", 30, "MQTT keepalive in seconds."),
+    Setting("store.path", "gateway.db", "The SQLite database file."),
+    Setting("store.batch_max", 500, "Most messages stored in one transaction (group commit)."),
+    Setting("store.batch_wait_ms", 5, "Longest wait to fill a group commit once a message is waiting."),
+    Setting("store.retention_days", 90, "Forwarded ratings older than this are pruned."),
+    Setting("store.quota_mb", 2048, "Database size at which the gateway stops acknowledging ratings, so they wait "
+            "at the broker and on the devices instead of being dropped."),
+    Setting("store.alarm_percent", 80, "Database size, in percent of the quota, that raises the storage alarm."),
+    Setting("upstream.url", "", "Base URL of the provincial 好差评 interface (empty: do not forward)."),
+    Setting("upstream.app_key", "", "Application key issued by the province (X-App-Key)."),
+    Setting("upstream.app_secret", "", "Application secret for the HMAC signature; never logged."),
+    Setting("upstream.area_code", "361100", "行政区划 of the hall, 6 or 9 digits."),
+    Setting("upstream.data_source", "", "Submitting system's code (dataSource); empty: the area code."),
+    Setting("upstream.direction", "deployed", "Satisfaction codes: deployed (5 = 非常满意) or national (1 = 非常满意)."),
+    Setting("upstream.pf_device", "5", "Channel code (pf) of a press on a hall evaluator."),
+    Setting("upstream.pf_qr", "3", "Channel code (pf) of a rating made by scanning a QR code."),
+    Setting("upstream.pf_default", "7", "Channel code (pf) of a system default rating."),
+    Setting("upstream.default_bad_reason", "599", "evalDetail sent with a 差评 that came without reasons."),
+    Setting("upstream.batch_size", 500, "Most records in one submission (the interface takes 1-500)."),
+    Setting("upstream.timeout_s", 10.0, "HTTP timeout of one submission."),
+    Setting("upstream.backoff_base_s", 1.0, "First retry delay after a failure; doubles each time (full jitter)."),
+    Setting("upstream.backoff_max_s", 300.0, "Longest retry delay."),
+    Setting("cases.rating_window_days", 5, "Working days after 办结 in which a citizen may rate (policy art. 8)."),
+    Setting("cases.default_level", "satisfied", "Level of the default rating issued when the window closes."),
+    Setting("cases.followup_days", 10, "Working days to rectify a 差评 (policy art. 13)."),
+    Setting("cases.webhook_url", "", "Duty manager's webhook, POSTed on every 差评 (empty: none)."),
+    Setting("calendar.extra_years", [], "Years the chinese-calendar package has no data for yet, to be counted "
+            "as weekdays plus the holidays and workdays below.", list),
+    Setting("calendar.holidays", [], "Extra statutory holidays, as dates (YYYY-MM-DD).", list),
+    Setting("calendar.workdays", [], "Extra make-up workdays (调休上班), as dates.", list),
+    Setting("http.host", "127.0.0.1", "Address of /healthz and /metrics."),
+    Setting("http.port", 8780, "Port of /healthz and /metrics (0: any free port)."),
+    Setting("log.level", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR."),
+]
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+Config = dict  # settings by dotted name, every one present after load()
+
+
+def load(path: Path | None = None, overrides: dict | None = None) -> Config:
+    """Read a TOML config (or none), apply overrides, check every value; raise ConfigError on any problem."""
+    values = {}
+    if path is not None:
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist")
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}")
+        for section, table in document.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{section}: settings belong in sections, e.g. [mqtt] host = ...")
+            for key, value in table.items():
+                values[f"{section}.{key}"] = value
+    values.update(overrides or {})
+    config = Config()
+    for name, value in values.items():
+        if name not in BY_NAME:
+            raise ConfigError(f"unknown setting {name}; see `hcp-gateway sample-config` for the list")
+        config[name] = _check(BY_NAME[name], value)
+    for setting in SETTINGS:
+        config.setdefault(setting.name, setting.default)
+    _check_combinations(config)
+    return config
+
+
+def _check(setting: Setting, value):
+    want = setting.type
+    if want is float and type(value) is int:
+        value = float(value)
+    if type(value) is not want:
+        raise ConfigError(f"{setting.name} must be {want.__name__}, got {value!r}")
+    return value
+
+
+def _check_combinations(config: Config) -> None:
+    from protocol import codec, upstream
+
+    if codec.HALL(config["gateway.hall"]):
+        raise ConfigError(f"gateway.hall {config['gateway.hall']!r}: 1-32 of A-Z a-z 0-9 _ -")
+    if config["cases.default_level"] not in codec.LEVELS:
+        raise ConfigError(f"cases.default_level must be one of {', '.join(codec.LEVELS)}")
+    if not 1 <= config["upstream.batch_size"] <= 500:
+        raise ConfigError("upstream.batch_size must be 1..500")
+    if config["upstream.url"] and not (config["upstream.app_key"] and config["upstream.app_secret"]):
+        raise ConfigError("upstream.url is set: upstream.app_key and upstream.app_secret are needed too")
+    for name in ("calendar.holidays", "calendar.workdays"):
+        for item in config[name]:
+            try:
+                dt.date.fromisoformat(str(item))
+            except ValueError:
+                raise ConfigError(f"{name}: {item!r} is not a date YYYY-MM-DD")
+    try:
+        upstream_profile(config)
+    except upstream.MappingError as e:
+        raise ConfigError(f"upstream: {e}")
+
+
+def upstream_profile(config: Config):
+    from protocol import upstream
+
+    return upstream.Profile(
+        area_code=config["upstream.area_code"], data_source=config["upstream.data_source"],
+        direction=config["upstream.direction"],
+        channel_codes={"device": config["upstream.pf_device"], "qr": config["upstream.pf_qr"],
+                       "default": config["upstream.pf_default"]},
+        default_bad_reason=config["upstream.default_bad_reason"])
+
+
+def sample() -> str:
+    """A commented config with every setting at its default."""
+    lines = ["# hcp-gateway configuration. Every setting is shown with its default; delete what you keep as is.",
+             "# Generated by `hcp-gateway sample-config`."]
+    section = None
+    for setting in SETTINGS:
+        head, key = setting.name.split(".", 1)
+        if head != section:
+            lines += ["", f"[{head}]"]
+            section = head
+        lines.append(f"# {setting.help}")
+        lines.append(f"{key} = {_toml_value(setting.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
