@@ -25,5 +25,5 @@ def build(out: Path) -> None:
     try:
         built = firmware_build.build(out)
     except firmware_build.BuildError as e:
-        raise click.ClickException(str(e))
+        raise click.ClickException(str(e)) from None
     click.echo(f"built {len(built)} files into {out}")

@@ -21,7 +21,7 @@ def load_config(path: Path | None) -> dict:
     try:
         return settings.load(path)
     except settings.ConfigError as e:
-        raise click.ClickException(f"bad configuration: {e}")
+        raise click.ClickException(f"bad configuration: {e}") from None
 
 
 def open_readonly(config: dict):
@@ -31,7 +31,7 @@ def open_readonly(config: dict):
     try:
         return db.connect(path, readonly=True)
     except db.StorageError as e:
-        raise click.ClickException(str(e))
+        raise click.ClickException(str(e)) from None
 
 
 @click.group()
@@ -55,10 +55,10 @@ def run(config_path: Path | None) -> None:
     try:
         gateway.start()
     except db.StorageError as e:
-        raise click.ClickException(f"database {config['store.path']}: {e}")
+        raise click.ClickException(f"database {config['store.path']}: {e}") from None
     except OSError as e:
         gateway.stop()
-        raise click.ClickException(f"cannot listen on {config['http.host']}:{config['http.port']}: {e}")
+        raise click.ClickException(f"cannot listen on {config['http.host']}:{config['http.port']}: {e}") from None
     gateway.run_until_signal()
 
 

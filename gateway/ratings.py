@@ -49,8 +49,9 @@ def store(conn: sqlite3.Connection, rating: dict, calendar: WorkCalendar, follow
     if rating["case_ref"] is not None:
         conn.execute("UPDATE cases SET state = 'rated' WHERE case_ref = ? AND state != 'rated'", (rating["case_ref"],))
     if rating["level"] in BAD_LEVELS and rating["channel"] != "default":
+        opened = rating["received_at"]
         conn.execute("INSERT INTO followups (rating_id, opened_at, deadline) VALUES (?, ?, ?)",
-                     (rating_id, rating["received_at"], followup_deadline(calendar, rating["received_at"], followup_days)))
+                     (rating_id, opened, followup_deadline(calendar, opened, followup_days)))
     return STORED
 
 
@@ -73,7 +74,8 @@ def store_status(conn: sqlite3.Connection, hall: str, msg: dict, received_at: fl
     """Record a device's status (heartbeat or Last Will) in the registry, creating the entry if new."""
     conn.execute("INSERT INTO devices (dev, hall) VALUES (?, ?) ON CONFLICT DO NOTHING", (msg["dev"], hall))
     conn.execute(
-        "UPDATE devices SET state = ?, boot = coalesce(?, boot), fw = coalesce(?, fw), uptime_s = coalesce(?, uptime_s), "
+        "UPDATE devices SET state = ?, boot = coalesce(?, boot), fw = coalesce(?, fw), "
+        "uptime_s = coalesce(?, uptime_s), "
         "heap = coalesce(?, heap), rssi = coalesce(?, rssi), outbox = coalesce(?, outbox), last_error = ?, "
         "config_ver = coalesce(?, config_ver), last_seen = ? WHERE dev = ?",
         (msg["state"], msg.get("boot"), msg.get("fw"), msg.get("up"), msg.get("heap"), msg.get("rssi"),

@@ -52,6 +52,7 @@ class Gateway:
         return self
 
     def stop(self) -> None:
+        """Stop every part, letting the writer commit what is queued. Safe to call twice."""
         for part in (self.monitor, self.ingest, self.notifier, self.housekeeping, self.forwarder):
             if part is not None:
                 part.stop()
@@ -79,7 +80,8 @@ class Gateway:
         gauges = {
             "outbox_pending": ("queue: ratings waiting to be forwarded", figures["pending"]),
             "dead_letters": ("ratings the province rejected or that cannot be mapped", figures["dead_letters"]),
-            "oldest_pending_age_seconds": ("age of the oldest unforwarded rating", figures["oldest_pending_age_s"] or 0),
+            "oldest_pending_age_seconds": ("age of the oldest unforwarded rating",
+                                           figures["oldest_pending_age_s"] or 0),
             "devices_online": ("devices whose last status is online", figures["devices_online"]),
             "devices_offline": ("devices whose last status is offline", figures["devices_offline"]),
             "db_bytes": ("bytes the database uses", figures["db_bytes"]),

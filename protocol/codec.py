@@ -1,9 +1,9 @@
 # The device <-> gateway contract in code (see PROTOCOL.md).
 # Runs unchanged on CPython and MicroPython: no dataclasses, no typing, no f-strings with `=`,
 # nothing CPython-only. The firmware build copies this file onto the device.
+import binascii
 import json
 import sys
-import binascii
 
 VERSION = 1
 MAX_MESSAGE = 1024  # bytes of payload, any kind
@@ -279,12 +279,12 @@ def _loads(payload):
     try:
         text = payload.decode("utf-8")
     except Exception:
-        raise ProtocolError(BAD_JSON, None, "not UTF-8")
+        raise ProtocolError(BAD_JSON, None, "not UTF-8") from None
     if _NATIVE_STRICT_JSON:
         try:
             obj = json.loads(text, parse_constant=_no_constant)  # pyright: ignore[reportCallIssue] CPython-only argument
         except (ValueError, RecursionError):
-            raise ProtocolError(BAD_JSON, None, "not valid JSON")
+            raise ProtocolError(BAD_JSON, None, "not valid JSON") from None
         if _depth(obj) > MAX_DEPTH:
             raise ProtocolError(BAD_JSON, None, "nested too deep")
     else:
@@ -294,7 +294,7 @@ def _loads(payload):
         try:
             obj = json.loads(text)
         except ValueError:
-            raise ProtocolError(BAD_JSON, None, "not valid JSON")
+            raise ProtocolError(BAD_JSON, None, "not valid JSON") from None
     if type(obj) is not dict:
         raise ProtocolError(BAD_JSON, None, "a message is a JSON object")
     return obj

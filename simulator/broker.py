@@ -7,7 +7,6 @@ import subprocess
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY_SETTINGS = REPO / "gateway" / "mosquitto.conf"
 

@@ -22,4 +22,4 @@ def demo() -> None:
     try:
         demo_module.run(say=click.echo)
     except BrokerError as e:
-        raise click.ClickException(str(e))
+        raise click.ClickException(str(e)) from None

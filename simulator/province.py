@@ -141,7 +141,8 @@ class Province:
 
     def _one(self, record) -> dict:
         eval_id = record.get("evalId") if isinstance(record, dict) else None
-        if isinstance(eval_id, str) and self._db.execute("SELECT 1 FROM records WHERE evalId = ?", (eval_id,)).fetchone():
+        known = self._db.execute("SELECT 1 FROM records WHERE evalId = ?", (str(eval_id),)).fetchone()
+        if isinstance(eval_id, str) and known:
             return {"evalId": eval_id, "status": "duplicate"}
         error = validate(record, self.clock()) if isinstance(record, dict) else ("E101", "record is not an object")
         if error is None and record.get("projectNo") and record["assessNumber"] == 1 and self._db.execute(

@@ -15,3 +15,50 @@ def broker(tmp_path):
     """A private Mosquitto on a free loopback port, with persistence in tmp_path."""
     with Broker(tmp_path / "broker") as running:
         yield running
+
+
+@pytest.fixture
+def province(tmp_path):
+    """The simulated provincial system on a loopback port, with the test hall's key."""
+    from simulator.province import Province
+    from tests.helpers import APP_KEY, APP_SECRET
+
+    running = Province(tmp_path / "province.db", APP_KEY, APP_SECRET).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path, broker):
+    """Start in-process gateways against the test broker; all are stopped at the end."""
+    from gateway.service import Gateway
+    from tests.helpers import gateway_config
+
+    started = []
+
+    def start(province_url: str = "", clock=None, **overrides):
+        config = gateway_config(broker.port, tmp_path / "gateway.db", province_url, **overrides)
+        gateway = Gateway(config, clock).start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def wire_device(broker):
+    """Make devices on the test broker (tests.helpers.WireDevice); all are disconnected at the end."""
+    from tests.helpers import WireDevice
+
+    made = []
+
+    def make(dev: str, **kwargs):
+        device = WireDevice(broker.port, dev, **kwargs)
+        made.append(device)
+        return device
+
+    yield make
+    for device in made:
+        device.close()
