@@ -3,13 +3,17 @@
 paho-mqtt with a persistent session (fixed client id, clean_session off) and manual acks: the broker keeps a
 message until the gateway's PUBACK, and the PUBACK is sent only after the writer committed the message. A
 gateway that dies mid-batch leaves the unacknowledged messages with the broker, which delivers them again.
+
+One thread owns the paho client: it runs the network loop, decodes what arrives, hands it to the writer, and
+sends the device acks and PUBACKs the writer's commits release. Keeping every paho call on that thread spares
+the GIL hand-offs that calls from the writer thread would cost on every packet.
 """
 from __future__ import annotations
 
 import json
 import logging
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 
 import paho.mqtt.client as mqtt
 
@@ -18,6 +22,7 @@ from gateway.store import StorageFull, Writer
 from protocol import codec
 
 log = logging.getLogger("gateway.ingest")
+LOOP_TIMEOUT_S = 0.005
 RESUME_CHECK_S = 5.0
 
 
@@ -30,13 +35,14 @@ class Ingest:
         self.calendar = calendar
         self.connected = threading.Event()
         self.paused = False
-        self.stopping = False
         self.counts = defaultdict(int)  # stored, duplicate, already_rated, rejected, status, refused
-        self._acks: dict[str, list] = defaultdict(list)  # device -> [(rating id, mqtt mid)] committed, not yet acked
-        self._pubacks: list[int] = []
-        self._lock = threading.Lock()
-        self._resume_timer: threading.Timer | None = None
-        writer.batch_listeners.append(self._flush)
+        # What the current batch releases once committed: (device, rating id, topic, payload, mid) where a
+        # rating has a device and rating id, anything else a topic and payload to publish (or none).
+        self._committed: list[tuple] = []
+        self._outgoing: deque = deque()  # committed batches waiting for the network thread: (acks, sends)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        writer.batch_listeners.append(self._release_batch)
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -44,26 +50,66 @@ class Ingest:
                              clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
         if self.config["mqtt.username"]:
             client.username_pw_set(self.config["mqtt.username"], self.config["mqtt.password"])
-        client.max_inflight_messages_set(1000)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # No client-side window for our acks: with one, paho rescans its whole outgoing queue on every
+        # PUBACK (quadratic under a reconnect storm). Acks are bounded by what the broker already sent us.
+        client.max_inflight_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         return client
 
     def start(self) -> None:
-        self.client.connect_async(self.config["mqtt.host"], self.config["mqtt.port"], self.config["mqtt.keepalive_s"])
-        self.client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        self.stopping = True
-        if self._resume_timer:
-            self._resume_timer.cancel()
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+            self._thread = None
 
-    # ---- paho callbacks (network thread): decode, hand to the writer, never block ----
+    # ---- the network thread ----
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.is_set():
+            if self.paused:
+                if self.client.socket() is not None:
+                    self._send_committed()
+                    self.client.disconnect()
+                    self.client.loop(timeout=LOOP_TIMEOUT_S)  # flush what is queued, DISCONNECT last
+                self._wait_for_room()
+                continue
+            if self.client.socket() is None:  # never connected, or paho closed a lost connection
+                if self._stop.wait(delay):
+                    break
+                delay = self._connect(delay)
+                continue
+            self.client.loop(timeout=LOOP_TIMEOUT_S)
+            self._send_committed()
+        self._send_committed()
+        self.client.disconnect()
+
+    def _connect(self, delay: float) -> float:
+        """Connect (or reconnect); return the wait before the next try: capped exponential backoff."""
+        host, port = self.config["mqtt.host"], self.config["mqtt.port"]
+        try:
+            self.client.connect(host, port, self.config["mqtt.keepalive_s"])
+            return 0.0
+        except OSError as e:
+            log.error("cannot reach the broker at %s:%s (%s); retrying", host, port, e)
+            return min(30.0, max(1.0, delay * 2))
+
+    def _wait_for_room(self) -> None:
+        if self._stop.wait(RESUME_CHECK_S):
+            return
+        try:
+            self.writer.call(lambda conn: None, timeout=30)  # lets the writer look at the space again
+        except Exception:  # noqa: BLE001 - still unwell: check again later
+            return
+        if not self.writer.full:
+            log.info("storage has room again; reconnecting to the broker")
+            self.paused = False
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
@@ -77,11 +123,8 @@ class Ingest:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self.connected.clear()
-        if not (self.paused or self.stopping):
+        if not (self.paused or self._stop.is_set()):
             log.warning("lost the broker (%s); reconnecting", reason_code)
-
-    def _on_connect_fail(self, client, userdata):
-        log.error("cannot reach the broker at %s:%s; retrying", self.config["mqtt.host"], self.config["mqtt.port"])
 
     def _on_message(self, client, userdata, message):
         now = self.clock.now()
@@ -91,13 +134,15 @@ class Ingest:
             self._reject(message, e, now)
             return
         if msg["k"] == "rating":
-            rating = ratings.from_device(hall, msg, now)
-            self.writer.submit(
-                lambda conn: ratings.store(conn, rating, self.calendar, self.config["cases.followup_days"]),
-                lambda result: self._after_rating(dev, msg["id"], message.mid, result), needs_space=True)
+            self.writer.submit_item(self._store_ratings, ratings.from_device(hall, msg, now),
+                                    lambda result: self._after_rating(dev, msg["id"], message.mid, result),
+                                    needs_space=True)
         else:  # status: the only other kind the subscription lets through
             self.writer.submit(lambda conn: ratings.store_status(conn, hall, msg, now),
                                lambda result: self._after_status(dev, msg, message.mid, result))
+
+    def _store_ratings(self, conn, batch: list[dict]) -> list[str]:
+        return ratings.store_many(conn, batch, self.calendar, self.config["cases.followup_days"])
 
     def _reject(self, message, error: codec.ProtocolError, now: float) -> None:
         dev = _device_of(message.topic)
@@ -108,50 +153,60 @@ class Ingest:
                                               error.detail, message.payload),
             lambda result: self._after_reject(dev, ref, error, message.mid, result))
 
-    # ---- after commit (writer thread) ----
+    def _send_committed(self) -> None:
+        """Device acks (one message per device and batch), rejects, time, then the PUBACKs to the broker."""
+        while self._outgoing:
+            acks, sends = self._outgoing.popleft()
+            for dev, ids in acks.items():
+                for start in range(0, len(ids), 32):
+                    ack = {"v": 1, "k": "ack", "ids": ids[start:start + 32]}
+                    self.client.publish(codec.topic(self.hall, dev, "ack"), codec.encode(ack), qos=1)
+            for topic, payload, mid in sends:
+                if topic is not None:
+                    self.client.publish(topic, payload, qos=1)
+                self.client.ack(mid, 1)
+
+    # ---- after commit (writer thread): note what to send; the network thread sends it ----
 
     def _after_rating(self, dev: str, rating_id: str, mid: int, result) -> None:
         if isinstance(result, Exception):
             self._refused(result)
             return
         self.counts[result] += 1
-        with self._lock:
-            self._acks[dev].append(rating_id)
-            self._pubacks.append(mid)
+        self._committed.append((dev, rating_id, None, None, mid))
 
     def _after_status(self, dev: str, msg: dict, mid: int, result) -> None:
         if isinstance(result, Exception):
             self._refused(result)
             return
         self.counts["status"] += 1
-        with self._lock:
-            self._pubacks.append(mid)
         if msg["state"] == "online":
-            self.client.publish(codec.topic(self.hall, dev, "time"),
-                                codec.encode({"v": 1, "k": "time", "t": int(self.clock.now()), "tz": 480}), qos=0)
+            time_sync = codec.encode({"v": 1, "k": "time", "t": int(self.clock.now()), "tz": 480})
+            self._committed.append((None, None, codec.topic(self.hall, dev, "time"), time_sync, mid))
+        else:
+            self._committed.append((None, None, None, None, mid))
 
     def _after_reject(self, dev, ref, error: codec.ProtocolError, mid: int, result) -> None:
         if isinstance(result, Exception):
             self._refused(result)
             return
         self.counts["rejected"] += 1
-        with self._lock:
-            self._pubacks.append(mid)
-        if dev is not None:
-            reject = {"v": 1, "k": "reject", "ref": ref, "code": error.code, "detail": str(error)[:200]}
-            self.client.publish(codec.topic(self.hall, dev, "reject"), codec.encode(reject), qos=1)
+        if dev is None:  # no device to answer: the topic was not one of ours
+            self._committed.append((None, None, None, None, mid))
+            return
+        reject = {"v": 1, "k": "reject", "ref": ref, "code": error.code, "detail": str(error)[:200]}
+        self._committed.append((None, None, codec.topic(self.hall, dev, "reject"), codec.encode(reject), mid))
 
-    def _flush(self) -> None:
-        """After each commit: one ack message per device for its stored ratings, then the PUBACKs."""
-        with self._lock:
-            acks, self._acks = self._acks, defaultdict(list)
-            pubacks, self._pubacks = self._pubacks, []
-        for dev, ids in acks.items():
-            for start in range(0, len(ids), 32):
-                ack = {"v": 1, "k": "ack", "ids": ids[start:start + 32]}
-                self.client.publish(codec.topic(self.hall, dev, "ack"), codec.encode(ack), qos=1)
-        for mid in pubacks:
-            self.client.ack(mid, 1)
+    def _release_batch(self) -> None:
+        """After each commit: hand what it released to the network thread."""
+        if not self._committed:
+            return
+        committed, self._committed = self._committed, []
+        acks: dict[str, list] = defaultdict(list)
+        for dev, rating_id, _, _, _ in committed:
+            if dev is not None:
+                acks[dev].append(rating_id)
+        self._outgoing.append((acks, [(topic, payload, mid) for _, _, topic, payload, mid in committed]))
 
     def _refused(self, error: Exception) -> None:
         """Not stored, so not acknowledged: the broker keeps the message. Stop taking more until space is back."""
@@ -159,37 +214,8 @@ class Ingest:
         if isinstance(error, StorageFull) and not self.paused:
             self.paused = True
             log.error("not storing ratings (%s); disconnecting so they wait at the broker", error)
-            threading.Thread(target=self._pause, name="ingest-pause", daemon=True).start()
         elif not isinstance(error, StorageFull):
             log.error("could not store a message: %s", error)
-
-    def _pause(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-        self._schedule_resume()
-
-    def _schedule_resume(self) -> None:
-        self._resume_timer = threading.Timer(RESUME_CHECK_S, self._try_resume)
-        self._resume_timer.daemon = True
-        self._resume_timer.start()
-
-    def _try_resume(self) -> None:
-        try:
-            self.writer.call(lambda conn: None, timeout=30)  # refreshes the writer's space check
-        except Exception:  # noqa: BLE001 - still unwell: check again later
-            pass
-        if self.writer.full:
-            self._schedule_resume()
-            return
-        log.info("storage has room again; reconnecting to the broker")
-        try:
-            self.client.reconnect()
-        except OSError as e:
-            log.warning("broker not reachable yet (%s)", e)
-            self._schedule_resume()
-            return
-        self.paused = False
-        self.client.loop_start()
 
 
 def _device_of(topic: str) -> str | None:
@@ -204,3 +230,4 @@ def _rating_id_of(payload: bytes) -> str | None:
     except (ValueError, AttributeError, UnicodeDecodeError):
         return None
     return candidate if not codec.ID(candidate) else None
+

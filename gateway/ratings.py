@@ -1,6 +1,7 @@
 """Writing ratings, rejects and device status: jobs for the writer (each takes the open connection)."""
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from gateway.workdays import CalendarMissing, WorkCalendar
@@ -23,36 +24,62 @@ def from_device(hall: str, msg: dict, received_at: float) -> dict:
     }
 
 
-_INSERT = ("INSERT INTO ratings (origin, rid, channel, boot, seq, case_ref, level, public, reasons, comment, "
-           "device_time, received_at, assessed_at) VALUES (:origin, :rid, :channel, :boot, :seq, :case_ref, :level, "
-           ":public, :reasons, :comment, :device_time, :received_at, :assessed_at) ON CONFLICT DO NOTHING")
+_FIELDS = ("origin", "rid", "channel", "boot", "seq", "case_ref", "level", "public", "reasons", "comment",
+           "device_time", "received_at", "assessed_at")
+# One statement per batch: the rows travel as one JSON array, so SQLite inserts them in a single step.
+_INSERT_MANY = (f"INSERT INTO ratings ({', '.join(_FIELDS)}) SELECT "
+                + ", ".join(f"value ->> '{f}'" for f in _FIELDS)
+                + " FROM json_each(?) WHERE true ON CONFLICT DO NOTHING")
 
 
 def store(conn: sqlite3.Connection, rating: dict, calendar: WorkCalendar, followup_days: int) -> str:
-    """Store a rating with its outbox entry, once. Returns STORED, DUPLICATE or ALREADY_RATED.
+    """Store one rating with its outbox entry, once; see store_many."""
+    return store_many(conn, [rating], calendar, followup_days)[0]
+
+
+def store_many(conn: sqlite3.Connection, batch: list[dict], calendar: WorkCalendar, followup_days: int) -> list[str]:
+    """Store ratings with their outbox entries, each once. Returns STORED, DUPLICATE or ALREADY_RATED per rating.
 
     DUPLICATE: this (origin, rid) was stored before. ALREADY_RATED: its case has a rating from another
     attempt or channel (一次一评); the attempt is recorded, not stored as a rating.
     """
-    cur = conn.execute(_INSERT, rating)
-    if cur.rowcount == 0:
+    before = conn.execute("SELECT coalesce(max(id), 0) FROM ratings").fetchone()[0]
+    inserted = conn.execute(_INSERT_MANY, (json.dumps(batch),)).rowcount
+    outcomes = [STORED] * len(batch) if inserted == len(batch) else _sort_out(conn, batch, before)
+    if inserted:
+        conn.execute("INSERT INTO outbox (rating_id) SELECT id FROM ratings WHERE id > ?", (before,))
+        conn.execute("UPDATE cases SET state = 'rated' WHERE state != 'rated' AND case_ref IN "
+                     "(SELECT case_ref FROM ratings WHERE id > ? AND case_ref IS NOT NULL)", (before,))
+        bad = [{"origin": r["origin"], "rid": r["rid"],
+                "deadline": followup_deadline(calendar, r["received_at"], followup_days)}
+               for r, outcome in zip(batch, outcomes)
+               if outcome == STORED and r["level"] in BAD_LEVELS and r["channel"] != "default"]
+        if bad:
+            conn.execute("INSERT INTO followups (rating_id, opened_at, deadline) "
+                         "SELECT r.id, r.received_at, j.value ->> 'deadline' FROM json_each(?) j "
+                         "JOIN ratings r ON r.origin = j.value ->> 'origin' AND r.rid = j.value ->> 'rid'",
+                         (json.dumps(bad),))
+    return outcomes
+
+
+def _sort_out(conn: sqlite3.Connection, batch: list[dict], before: int) -> list[str]:
+    """The slow path, when some of a batch were not inserted: which were stored, repeated, or too late."""
+    outcomes, seen = [], set()
+    for rating in batch:
         key = (rating["origin"], rating["rid"])
-        if conn.execute("SELECT 1 FROM ratings WHERE origin = ? AND rid = ?", key).fetchone():
-            return DUPLICATE
-        inserted = conn.execute(
-            "INSERT INTO already_rated (origin, rid, channel, case_ref, level, received_at) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (*key, rating["channel"], rating["case_ref"], rating["level"], rating["received_at"])).rowcount
-        return ALREADY_RATED if inserted else DUPLICATE
-    rating_id = cur.lastrowid
-    conn.execute("INSERT INTO outbox (rating_id) VALUES (?)", (rating_id,))
-    if rating["case_ref"] is not None:
-        conn.execute("UPDATE cases SET state = 'rated' WHERE case_ref = ? AND state != 'rated'", (rating["case_ref"],))
-    if rating["level"] in BAD_LEVELS and rating["channel"] != "default":
-        opened = rating["received_at"]
-        conn.execute("INSERT INTO followups (rating_id, opened_at, deadline) VALUES (?, ?, ?)",
-                     (rating_id, opened, followup_deadline(calendar, opened, followup_days)))
-    return STORED
+        row = conn.execute("SELECT id FROM ratings WHERE origin = ? AND rid = ?", key).fetchone()
+        if row and row[0] > before and key not in seen:
+            outcomes.append(STORED)
+        elif row:
+            outcomes.append(DUPLICATE)
+        else:
+            recorded = conn.execute(
+                "INSERT INTO already_rated (origin, rid, channel, case_ref, level, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (*key, rating["channel"], rating["case_ref"], rating["level"], rating["received_at"])).rowcount
+            outcomes.append(ALREADY_RATED if recorded else DUPLICATE)
+        seen.add(key)
+    return outcomes
 
 
 def followup_deadline(calendar: WorkCalendar, opened_at: float, days: int) -> float | None:

@@ -1,9 +1,11 @@
 """The one SQLite writer: every write goes through its queue, in group-committed transactions.
 
-A job is a function of the connection. The writer runs many waiting jobs in one transaction (up to
-`batch_max`, waiting at most `batch_wait` to fill it), commits with fsync, and only then tells each job's
-`done` callback its result, so nothing is acknowledged before it is on disk. A job that raises rolls back its
-batch; the batch is then retried one job per transaction, so one bad job cannot sink the others.
+A job is a function of the connection, or an item for a group function that stores many items with a few
+statements (the ingest path: every SQLite call releases and retakes the GIL, which the MQTT thread wants
+too). The writer runs many waiting jobs in one transaction (up to `batch_max`, waiting at most `batch_wait`
+to fill it), commits with fsync, and only then tells each job's `done` callback its result, so nothing is
+acknowledged before it is on disk. A job that raises rolls back its batch; the batch is then retried one job
+per transaction, so one bad job cannot sink the others.
 """
 from __future__ import annotations
 
@@ -25,10 +27,10 @@ class StorageFull(db.StorageError):
 
 
 class _Job:
-    __slots__ = ("run", "done", "needs_space")
+    __slots__ = ("run", "group", "item", "done", "needs_space")
 
-    def __init__(self, run, done, needs_space):
-        self.run, self.done, self.needs_space = run, done, needs_space
+    def __init__(self, run, group, item, done, needs_space):
+        self.run, self.group, self.item, self.done, self.needs_space = run, group, item, done, needs_space
 
 
 _STOP = object()
@@ -77,7 +79,11 @@ class Writer:
 
     def submit(self, run: Callable, done: Callable | None = None, needs_space: bool = False) -> None:
         """Queue a job; `done(result)` runs after commit, with the job's return value or an exception."""
-        self._queue.put(_Job(run, done, needs_space))
+        self._queue.put(_Job(run, None, None, done, needs_space))
+
+    def submit_item(self, group: Callable, item, done: Callable | None = None, needs_space: bool = False) -> None:
+        """Queue an item for `group(conn, items) -> results`, which stores neighbouring items of a batch at once."""
+        self._queue.put(_Job(None, group, item, done, needs_space))
 
     def call(self, run: Callable, timeout: float = 60, needs_space: bool = False):
         """Run a job and wait for it to be committed; return its result or raise its exception."""
@@ -142,7 +148,7 @@ class Writer:
         conn = self.db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            results = [job.run(conn) for job in batch]
+            results = _run_jobs(conn, batch)
             conn.execute("COMMIT")
             self.commits += 1
             return results
@@ -186,3 +192,21 @@ class Writer:
                       self.used_bytes)
         elif was_full and not self.full:
             log.info("storage below quota again (%d bytes): taking ratings", self.used_bytes)
+
+
+def _run_jobs(conn, batch: list[_Job]) -> list:
+    """Each job's result, in order; neighbouring items of one group go to the group function together."""
+    results: list = []
+    i = 0
+    while i < len(batch):
+        job = batch[i]
+        if job.group is None:
+            results.append(job.run(conn))
+            i += 1
+            continue
+        j = i + 1
+        while j < len(batch) and batch[j].group == job.group:  # bound methods are equal, not identical
+            j += 1
+        results.extend(job.group(conn, [b.item for b in batch[i:j]]))
+        i = j
+    return results

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 import chinese_calendar
 
@@ -45,6 +46,9 @@ class WorkCalendar:
 
     def deadline(self, start_epoch: float, workdays: int) -> float:
         """End (China time) of the `workdays`-th working day after the day of `start_epoch`, as Unix seconds."""
-        start = dt.datetime.fromtimestamp(start_epoch, CHINA).date()
+        return self._deadline(dt.datetime.fromtimestamp(start_epoch, CHINA).date(), workdays)
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - calendars live as long as the gateway; days repeat
+    def _deadline(self, start: dt.date, workdays: int) -> float:
         last = self.add_workdays(start, workdays)
         return dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), CHINA).timestamp()

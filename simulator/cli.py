@@ -1,6 +1,10 @@
 """hcp-sim: command-line entry points (thin wrappers over simulator.*)."""
 from __future__ import annotations
 
+import signal
+import threading
+from pathlib import Path
+
 import click
 
 from simulator import demo as demo_module
@@ -23,3 +27,28 @@ def demo() -> None:
         demo_module.run(say=click.echo)
     except BrokerError as e:
         raise click.ClickException(str(e)) from None
+
+
+@main.command()
+@click.option("--db", "db_path", type=click.Path(path_type=Path), default=Path("province.db"), show_default=True,
+              help="SQLite file where accepted records are kept.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8790, show_default=True)
+@click.option("--app-key", required=True, help="The hall's application key the province accepts.")
+@click.option("--app-secret", required=True, envvar="HCP_PROVINCE_SECRET", help="Its secret (or HCP_PROVINCE_SECRET).")
+def province(db_path: Path, host: str, port: int, app_key: str, app_secret: str) -> None:
+    """Run the simulated provincial 好差评 system until Ctrl-C or SIGTERM.
+
+    Faults are switched at run time: POST /sim/faults {"error_rate": 0.2, "latency_ms": 50, ...}.
+
+    Example: hcp-sim province --port 8790 --app-key hall-key --app-secret s3cret
+    """
+    from simulator.province import Province
+
+    running = Province(db_path, app_key, app_secret, host, port).start()
+    click.echo(f"simulated province at {running.url}, records in {db_path}", err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    running.stop()
