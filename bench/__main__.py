@@ -8,9 +8,9 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import codec_speed
+from bench import codec_speed, gateway_drain, gateway_ingest, gateway_latency
 
-BENCHMARKS = [codec_speed]
+BENCHMARKS = [codec_speed, gateway_ingest, gateway_latency, gateway_drain]
 
 
 def main() -> None:

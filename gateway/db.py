@@ -48,7 +48,6 @@ CREATE TABLE ratings (
     UNIQUE (origin, rid)
 );
 CREATE UNIQUE INDEX ratings_one_per_case ON ratings(case_ref) WHERE case_ref IS NOT NULL;
-CREATE INDEX ratings_received ON ratings(received_at);
 CREATE TABLE outbox (
     rating_id INTEGER PRIMARY KEY REFERENCES ratings(id) ON DELETE CASCADE,
     state TEXT NOT NULL DEFAULT 'pending',          -- pending | forwarded | dead
@@ -57,6 +56,11 @@ CREATE TABLE outbox (
     done_at REAL
 );
 CREATE INDEX outbox_pending ON outbox(rating_id) WHERE state = 'pending';
+-- Every stored rating is queued for the province and closes its case, in the same statement as its insert.
+CREATE TRIGGER rating_stored AFTER INSERT ON ratings BEGIN
+    INSERT INTO outbox (rating_id) VALUES (NEW.id);
+    UPDATE cases SET state = 'rated' WHERE NEW.case_ref IS NOT NULL AND case_ref = NEW.case_ref AND state != 'rated';
+END;
 CREATE INDEX outbox_dead ON outbox(rating_id) WHERE state = 'dead';
 CREATE TABLE already_rated (                        -- later attempts at a case already rated: not ratings
     id INTEGER PRIMARY KEY,
@@ -94,7 +98,9 @@ def connect(path: Path, readonly: bool = False) -> sqlite_utils.Database:
         if readonly:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
         else:
-            conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+            # A statement per batch size of the writer's group insert (gateway.ratings), all kept prepared.
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None,
+                                   cached_statements=1024)
         db = sqlite_utils.Database(conn)
         if not readonly:
             db.enable_wal()
@@ -116,9 +122,8 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
             if version in done:
                 continue
             conn.execute("BEGIN IMMEDIATE")
-            for statement in sql.split(";\n"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(sql):
+                conn.execute(statement)
             conn.execute("INSERT INTO migrations VALUES (?, ?, ?)", (version, name, time.time()))
             conn.execute("COMMIT")
             applied.append(name)
@@ -127,6 +132,17 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise StorageError(f"cannot prepare database: {e}") from None
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements (a trigger's body holds semicolons of its own)."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return statements
 
 
 def used_bytes(db: sqlite_utils.Database) -> int:

@@ -32,7 +32,7 @@ SELECT r.id, r.origin, r.rid, r.channel, r.level, r.public, r.reasons, r.comment
 FROM outbox o JOIN ratings r ON r.id = o.rating_id
 LEFT JOIN cases c ON c.case_ref = r.case_ref
 LEFT JOIN devices d ON d.dev = r.origin
-WHERE o.state = 'pending'
+WHERE o.state = 'pending' AND o.rating_id > ?
 ORDER BY o.rating_id LIMIT ?
 """
 
@@ -56,6 +56,7 @@ class Forwarder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reader = None
+        self._cursor = 0  # highest rating id sent since the last rewind
 
     def start(self) -> None:
         if not self.enabled:
@@ -87,11 +88,28 @@ class Forwarder:
                 self._stop.wait(delay)
 
     def forward_once(self) -> float:
-        """Send one batch; return how long to wait before the next (0: go on at once)."""
-        cursor = self._reader.execute(_PENDING, (self.config["upstream.batch_size"],))
+        """Send what is pending; return how long to wait before the next round (0: go on at once).
+
+        Batches go out oldest first. While the province works on one, the next is read and mapped (the
+        cursor skips the batch in flight), and results are written without waiting, so the forwarder and
+        the province are both busy.
+        """
+        items = self._prepare()
+        if items is None:
+            return self._rewind() or IDLE_POLL_S
+        while items:
+            delay, items = self._send(items, read_ahead=True)
+            if delay:
+                self._rewind()
+                return delay
+        return 0
+
+    def _prepare(self) -> list[tuple[int, dict]] | None:
+        """The next batch after the cursor as (rating id, record); None when nothing is pending there."""
+        cursor = self._reader.execute(_PENDING, (self._cursor, self.config["upstream.batch_size"]))
         rows = cursor.fetchall()
         if not rows:
-            return IDLE_POLL_S
+            return None
         columns = [d[0] for d in cursor.description]
         items, unmappable = [], []
         for row in rows:
@@ -100,9 +118,19 @@ class Forwarder:
                 items.append((row["id"], self.record(row)))
             except upstream.MappingError as e:
                 unmappable.append((row["id"], f"mapping: {e}"))
+        self._cursor = rows[-1][0]
         if unmappable:
             self._settle([], [], unmappable, None, "unmappable", "", 0)
-        return self._send(items) if items else 0
+        return items
+
+    def _rewind(self) -> float:
+        """Read from the oldest pending rating again (after a failure, or to find retried dead letters),
+        once the results already sent to the writer are committed. Returns 0 if there was anything to rewind."""
+        if self._cursor == 0:
+            return IDLE_POLL_S
+        self.writer.call(lambda conn: None)
+        self._cursor = 0
+        return 0
 
     def record(self, row: dict) -> dict:
         rating = {
@@ -119,43 +147,49 @@ class Forwarder:
                     "staff_no": row["case_staff"], "user_prop": row["user_prop"]}
         return upstream.to_record(rating, case, self.profile)
 
-    def _send(self, items: list[tuple[int, dict]]) -> float:
+    def _send(self, items: list[tuple[int, dict]], read_ahead: bool = False) -> tuple[float, list | None]:
+        """Submit one batch; return (delay, the next batch if read ahead). A delay means: failed, back off."""
         body = json.dumps({"dataSource": self.profile.source, "records": [r for _, r in items]},
                           ensure_ascii=False, separators=(",", ":")).encode()
         if len(body) > MAX_BODY and len(items) > 1:
-            half = len(items) // 2
-            return self._send(items[:half]) or self._send(items[half:])
+            return self._send_halves(items), None
         started = time.monotonic()
+        following = None
         try:
-            status, headers, answer = self._post(body)
+            self._request(body)
+            if read_ahead:
+                following = self._prepare()
+            response = self._conn.getresponse()
+            status, headers, answer = response.status, response.headers, response.read()
         except (OSError, http.client.HTTPException) as e:
             self._close()
-            return self._failed(items, None, f"{type(e).__name__}: {e}", (time.monotonic() - started) * 1000)
+            return self._failed(items, None, f"{type(e).__name__}: {e}", (time.monotonic() - started) * 1000), None
         took = (time.monotonic() - started) * 1000
         if status == 200:
-            return self._accepted(items, answer, took)
+            return self._accepted(items, answer, took), following
         if status in (429, 503):
             wait = _retry_after(headers, self.config["upstream.backoff_max_s"])
             backoff = self._failed(items, status, f"busy, retry after {wait} s", took)
-            return wait if wait is not None else backoff
+            return (wait if wait is not None else backoff), None
         if status in (400, 413):
             if len(items) > 1:  # the envelope is refused as a whole: find the record that breaks it
-                half = len(items) // 2
-                return self._send(items[:half]) or self._send(items[half:])
+                return self._send_halves(items), following
             self._settle([], [], [(items[0][0], f"HTTP {status}: {answer[:300]!r}")], status, "dead", "", took)
-            return 0
+            return 0, following
         # 401/403/404, other 4xx and 5xx: a setting or the province is wrong, not the records; keep them.
-        return self._failed(items, status, f"HTTP {status}: {answer[:300]!r}", took)
+        return self._failed(items, status, f"HTTP {status}: {answer[:300]!r}", took), None
 
-    def _post(self, body: bytes) -> tuple[int, http.client.HTTPMessage, bytes]:
+    def _send_halves(self, items) -> float:
+        half = len(items) // 2
+        return self._send(items[:half])[0] or self._send(items[half:])[0]
+
+    def _request(self, body: bytes) -> None:
         if self._conn is None:
             make = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             self._conn = make(self._host, self._port, timeout=self.config["upstream.timeout_s"])
         headers = {"Content-Type": "application/json", **upstream.auth_headers(
             self.config["upstream.app_key"], self.config["upstream.app_secret"], body, self.clock.now())}
         self._conn.request("POST", self._base + upstream.BATCH_PATH, body=body, headers=headers)
-        response = self._conn.getresponse()
-        return response.status, response.headers, response.read()
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -189,7 +223,8 @@ class Forwarder:
         self.counts["failed_attempts"] += 1
         log.warning("forwarding %d ratings failed: %s", len(items), detail)
         ids = [rating_id for rating_id, _ in items]
-        self.writer.call(lambda conn: _record_failure(conn, ids, self.clock.now(), status, detail, took))
+        now = self.clock.now()
+        self.writer.submit(lambda conn: _record_failure(conn, ids, now, status, detail, took))
         self.failures += 1
         return self._backoff()
 
@@ -205,7 +240,7 @@ class Forwarder:
             conn.execute("INSERT INTO forward_attempts (at, records, http_status, outcome, detail, duration_ms) "
                          "VALUES (?, ?, ?, ?, ?, ?)", (now, len(forwarded) + len(dead), status, outcome, detail, took))
 
-        self.writer.call(run)
+        self.writer.submit(run)  # the cursor keeps these from being read again before it commits
         self.counts["attempts"] += 1
         self.counts["forwarded"] += len(done)
         self.counts["duplicate"] += len(duplicate)

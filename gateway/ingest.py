@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import select
+import socket
 import threading
 from collections import defaultdict, deque
 
@@ -22,7 +24,7 @@ from gateway.store import StorageFull, Writer
 from protocol import codec
 
 log = logging.getLogger("gateway.ingest")
-LOOP_TIMEOUT_S = 0.005
+READS_PER_WAKE = 64
 RESUME_CHECK_S = 5.0
 
 
@@ -42,6 +44,10 @@ class Ingest:
         self._outgoing: deque = deque()  # committed batches waiting for the network thread: (acks, sends)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The writer wakes the network thread through this pair when a commit released acks to send.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         writer.batch_listeners.append(self._release_batch)
         self.client = self._make_client()
 
@@ -65,6 +71,7 @@ class Ingest:
     def stop(self) -> None:
         self._stop.set()
         if self._thread:
+            self._wake_w.send(b"!")
             self._thread.join()
             self._thread = None
 
@@ -77,24 +84,51 @@ class Ingest:
                 if self.client.socket() is not None:
                     self._send_committed()
                     self.client.disconnect()
-                    self.client.loop(timeout=LOOP_TIMEOUT_S)  # flush what is queued, DISCONNECT last
+                    self.client.loop_write()  # flush what is queued, DISCONNECT last
                 self._wait_for_room()
                 continue
-            if self.client.socket() is None:  # never connected, or paho closed a lost connection
+            sock = self.client.socket()
+            if sock is None:  # never connected, or paho closed a lost connection
                 if self._stop.wait(delay):
                     break
                 delay = self._connect(delay)
                 continue
-            self.client.loop(timeout=LOOP_TIMEOUT_S)
-            self._send_committed()
+            self._service(sock)
         self._send_committed()
-        self.client.disconnect()
+        if self.client.socket() is not None:
+            self.client.disconnect()
+            self.client.loop_write()
+
+    def _service(self, sock) -> None:
+        """One turn of paho's external loop: wait for the socket or a commit, read, send, keep alive."""
+        writing = [sock] if self.client.want_write() else []
+        try:
+            readable, _, _ = select.select([sock, self._wake_r], writing, [], 1.0)
+        except (OSError, ValueError):  # the socket closed under us: reconnect next turn
+            return
+        if self._wake_r in readable:
+            while True:
+                try:
+                    self._wake_r.recv(4096)
+                except BlockingIOError:
+                    break
+        if sock in readable:
+            for _ in range(READS_PER_WAKE):  # paho reads a few packets per call; drain what is there
+                if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                    return
+        self._send_committed()
+        if self.client.socket() is not None:
+            if self.client.want_write():
+                self.client.loop_write()
+            self.client.loop_misc()
 
     def _connect(self, delay: float) -> float:
         """Connect (or reconnect); return the wait before the next try: capped exponential backoff."""
         host, port = self.config["mqtt.host"], self.config["mqtt.port"]
         try:
             self.client.connect(host, port, self.config["mqtt.keepalive_s"])
+            # paho leaves Nagle on: a lone ack or PUBACK would wait for the previous segment's TCP ack.
+            self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return 0.0
         except OSError as e:
             log.error("cannot reach the broker at %s:%s (%s); retrying", host, port, e)
@@ -207,6 +241,10 @@ class Ingest:
             if dev is not None:
                 acks[dev].append(rating_id)
         self._outgoing.append((acks, [(topic, payload, mid) for _, _, topic, payload, mid in committed]))
+        try:
+            self._wake_w.send(b"!")
+        except BlockingIOError:  # already woken more than enough
+            pass
 
     def _refused(self, error: Exception) -> None:
         """Not stored, so not acknowledged: the broker keeps the message. Stop taking more until space is back."""

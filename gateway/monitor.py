@@ -29,6 +29,7 @@ class Monitor:
 
 class _Handler(BaseHTTPRequestHandler):
     gateway = None
+    disable_nagle_algorithm = True  # headers and body go out as two writes; don't hold the second back
 
     def do_GET(self):  # noqa: N802 - the http.server API
         if self.path == "/healthz":

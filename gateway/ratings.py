@@ -1,6 +1,7 @@
 """Writing ratings, rejects and device status: jobs for the writer (each takes the open connection)."""
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 
@@ -26,10 +27,15 @@ def from_device(hall: str, msg: dict, received_at: float) -> dict:
 
 _FIELDS = ("origin", "rid", "channel", "boot", "seq", "case_ref", "level", "public", "reasons", "comment",
            "device_time", "received_at", "assessed_at")
-# One statement per batch: the rows travel as one JSON array, so SQLite inserts them in a single step.
-_INSERT_MANY = (f"INSERT INTO ratings ({', '.join(_FIELDS)}) SELECT "
-                + ", ".join(f"value ->> '{f}'" for f in _FIELDS)
-                + " FROM json_each(?) WHERE true ON CONFLICT DO NOTHING")
+
+
+@functools.lru_cache(maxsize=None)
+def _insert_sql(rows: int) -> str:
+    """One statement for a whole batch: SQLite inserts it in one step, so the writer hands the GIL to the
+    MQTT thread once per batch instead of once per row."""
+    row = "(" + ", ".join("?" * len(_FIELDS)) + ")"
+    return (f"INSERT INTO ratings ({', '.join(_FIELDS)}) VALUES " + ", ".join([row] * rows)
+            + " ON CONFLICT DO NOTHING")
 
 
 def store(conn: sqlite3.Connection, rating: dict, calendar: WorkCalendar, followup_days: int) -> str:
@@ -38,27 +44,28 @@ def store(conn: sqlite3.Connection, rating: dict, calendar: WorkCalendar, follow
 
 
 def store_many(conn: sqlite3.Connection, batch: list[dict], calendar: WorkCalendar, followup_days: int) -> list[str]:
-    """Store ratings with their outbox entries, each once. Returns STORED, DUPLICATE or ALREADY_RATED per rating.
+    """Store ratings (the rating_stored trigger queues each for the province), each once.
+
+    Returns STORED, DUPLICATE or ALREADY_RATED per rating.
 
     DUPLICATE: this (origin, rid) was stored before. ALREADY_RATED: its case has a rating from another
     attempt or channel (一次一评); the attempt is recorded, not stored as a rating.
     """
-    before = conn.execute("SELECT coalesce(max(id), 0) FROM ratings").fetchone()[0]
-    inserted = conn.execute(_INSERT_MANY, (json.dumps(batch),)).rowcount
-    outcomes = [STORED] * len(batch) if inserted == len(batch) else _sort_out(conn, batch, before)
-    if inserted:
-        conn.execute("INSERT INTO outbox (rating_id) SELECT id FROM ratings WHERE id > ?", (before,))
-        conn.execute("UPDATE cases SET state = 'rated' WHERE state != 'rated' AND case_ref IN "
-                     "(SELECT case_ref FROM ratings WHERE id > ? AND case_ref IS NOT NULL)", (before,))
-        bad = [{"origin": r["origin"], "rid": r["rid"],
-                "deadline": followup_deadline(calendar, r["received_at"], followup_days)}
-               for r, outcome in zip(batch, outcomes)
-               if outcome == STORED and r["level"] in BAD_LEVELS and r["channel"] != "default"]
-        if bad:
-            conn.execute("INSERT INTO followups (rating_id, opened_at, deadline) "
-                         "SELECT r.id, r.received_at, j.value ->> 'deadline' FROM json_each(?) j "
-                         "JOIN ratings r ON r.origin = j.value ->> 'origin' AND r.rid = j.value ->> 'rid'",
-                         (json.dumps(bad),))
+    cursor = conn.execute(_insert_sql(len(batch)), [r[f] for r in batch for f in _FIELDS])
+    inserted = cursor.rowcount
+    if inserted == len(batch):
+        outcomes = [STORED] * len(batch)
+    else:  # ids of one statement's rows are consecutive: those above `before` are new
+        outcomes = _sort_out(conn, batch, cursor.lastrowid - inserted if inserted else 1 << 62)
+    bad = [{"origin": r["origin"], "rid": r["rid"],
+            "deadline": followup_deadline(calendar, r["received_at"], followup_days)}
+           for r, outcome in zip(batch, outcomes)
+           if outcome == STORED and r["level"] in BAD_LEVELS and r["channel"] != "default"]
+    if bad:
+        conn.execute("INSERT INTO followups (rating_id, opened_at, deadline) "
+                     "SELECT r.id, r.received_at, j.value ->> 'deadline' FROM json_each(?) j "
+                     "JOIN ratings r ON r.origin = j.value ->> 'origin' AND r.rid = j.value ->> 'rid'",
+                     (json.dumps(bad),))
     return outcomes
 
 

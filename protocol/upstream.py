@@ -6,10 +6,10 @@ channel codes, the region code. CPython only; the device never sees upstream cod
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass, field
 
 from protocol.codec import BAD_LEVELS, LEVELS, REASON_CODES
@@ -61,8 +61,7 @@ class Profile:
         return LEVELS[DIRECTIONS[self.direction].index(satisfaction)]
 
     def assess_time(self, epoch_seconds: int) -> str:
-        zone = dt.timezone(dt.timedelta(minutes=self.utc_offset_minutes))
-        return dt.datetime.fromtimestamp(epoch_seconds, zone).strftime("%Y-%m-%d %H:%M:%S")
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch_seconds + self.utc_offset_minutes * 60))
 
 
 def eval_id(source: str, origin: str, rating_id: str) -> str:
