@@ -29,7 +29,7 @@ test: $(STAMP) system-packages $(TYPINGS)/.installed
 demo: $(STAMP) system-packages
 	$(BIN)/hcp-sim demo
 
-firmware: $(STAMP)
+firmware: $(STAMP) system-packages
 	$(BIN)/hcp-flash build --out build/firmware
 
 typecheck: $(TYPINGS)/.installed

@@ -2,6 +2,7 @@
 
 firmware/**.py        -> build/firmware/**.mpy   (boot.py and main.py stay source: MicroPython runs them by name)
 protocol/codec.py     -> build/firmware/lib/protocol/codec.mpy   (the shared codec, imported as protocol.codec)
+a CJK font            -> build/firmware/font.bin   (GB2312 level 1 and every character the firmware shows)
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from flasher import font
 from simulator.micropython import venv_tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,4 +60,10 @@ def build(out: Path, firmware: Path = REPO / "firmware", repo: Path = REPO) -> l
             detail = [line.strip() for line in check.stderr.splitlines() if not line.startswith("Traceback")]
             raise BuildError(f"{src}: MicroPython cannot compile it: {' '.join(detail)}")
         built.append(target)
+    font_file = out / "font.bin"
+    try:
+        font.build(font_file, font.firmware_texts(firmware))
+    except font.FontError as e:
+        raise BuildError(str(e)) from None
+    built.append(font_file)
     return built

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests and the demo need, when they are missing:
-# Mosquitto (the broker and its command-line clients). Exits non-zero with a clear message otherwise.
+# Installs the Debian packages the tests, the demo and the firmware build need, when they are missing:
+# Mosquitto (the broker and its command-line clients) and a CJK font. Exits non-zero with a clear message otherwise.
 set -euo pipefail
 
 missing=()
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
 have mosquitto || missing+=(mosquitto)
 have mosquitto_sub || missing+=(mosquitto-clients)
+# A CJK font for the device's glyphs (make firmware renders them from it).
+[ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || missing+=(fonts-wqy-zenhei)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "Installing system packages: ${missing[*]}"
@@ -36,3 +38,4 @@ if ! { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq --
 fi
 [ "$made_policy" -eq 1 ] && "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
 have mosquitto || { echo "error: mosquitto still missing after install" >&2; exit 1; }
+exit 0

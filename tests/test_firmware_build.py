@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ def test_build_compiles_every_source_and_the_shared_codec(tmp_path):
     built = build.build(out)
     expected = {rel.with_suffix(".mpy") if rel.name not in build.RUN_AS_SOURCE else rel
                 for _, rel in build.sources(REPO / "firmware", REPO)}
-    assert {p.relative_to(out) for p in built} == expected
+    assert {p.relative_to(out) for p in built} == expected | {Path("font.bin")}
     assert (out / "lib" / "protocol" / "codec.mpy").read_bytes()[:1] == b"M"  # .mpy magic
 
 

@@ -1,0 +1,195 @@
+# A small MQTT 3.1.1 client for asyncio on MicroPython (after Peter Hinch's mqtt_as): it owns its
+# connection task, reconnects with capped backoff and jitter, keeps alive, and announces the link through
+# the `up` and `down` events. The application never sees a socket error.
+#
+# QoS 1 publishes are not retried here: the outbox keeps every rating until the gateway's own ack, and
+# resends it after a reconnect, which is what makes delivery safe. The broker's PUBACK is only read.
+import asyncio
+import os
+import struct
+
+CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 0x10, 0x20, 0x30, 0x40, 0x82, 0x90
+PINGREQ, PINGRESP, DISCONNECT = 0xC0, 0xD0, 0xE0
+
+
+def _string(data):
+    return struct.pack("!H", len(data)) + data
+
+
+def _length(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+class MQTTClient:
+    keepalive_s = 30
+    connect_timeout_ms = 5000
+    backoff_first_ms = 500
+    backoff_max_ms = 30000
+
+    def __init__(self, net, host, port, client_id, on_message, subscriptions=(), will=None,
+                 user=None, password=None, clean=True):
+        self.net = net  # the board's network: open_connection(host, port) and ticks
+        self.host, self.port = host, port
+        self.client_id = client_id
+        self.on_message = on_message  # called as on_message(topic, payload, retained)
+        self.subscriptions = subscriptions  # [(topic, qos)], renewed on every connect
+        self.will = will  # (topic, payload, retain, qos) or None
+        self.user, self.password = user, password
+        self.clean = clean
+        self.up = asyncio.Event()
+        self.down = asyncio.Event()
+        self.connects = 0
+        self.last_error = None
+        self._writer = None
+        self._pid = 0
+        self._lock = asyncio.Lock()
+        self._task = asyncio.create_task(self._run())
+
+    def deinit(self):
+        self._task.cancel()
+        self._close()
+
+    @property
+    def connected(self):
+        return self._writer is not None
+
+    async def publish(self, topic, payload, qos=1, retain=False):
+        """Send one message if connected; return False (never raise) when the link is down."""
+        if self._writer is None:
+            return False
+        head = PUBLISH | (qos << 1) | (1 if retain else 0)
+        body = _string(topic)
+        if qos:
+            body += struct.pack("!H", self._next_pid())
+        return await self._send(bytes([head]) + _length(len(body) + len(payload)) + body + payload)
+
+    async def disconnect(self):
+        await self._send(bytes([DISCONNECT, 0]))
+        self._close()
+
+    # ---- the connection task ----
+
+    async def _run(self):
+        backoff = self.backoff_first_ms
+        while True:
+            try:
+                await self._connect()
+                backoff = self.backoff_first_ms
+                self.connects += 1
+                self.down.clear()
+                self.up.set()
+                await self._serve()
+            except (OSError, EOFError, ValueError, asyncio.TimeoutError) as e:
+                self.last_error = "mqtt: " + (str(e) or type(e).__name__)
+            self._close()
+            # Full jitter: a hall's devices that lost the broker together do not return together.
+            await asyncio.sleep_ms(_random_below(backoff) + 100)
+            backoff = min(self.backoff_max_ms, backoff * 2)
+
+    async def _connect(self):
+        reader, writer = await asyncio.wait_for_ms(self.net.open_connection(self.host, self.port),
+                                                   self.connect_timeout_ms)
+        self._reader, self._writer = reader, writer
+        flags = 0x02 if self.clean else 0
+        payload = _string(self.client_id.encode())
+        if self.will:
+            topic, message, retain, qos = self.will
+            flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+            payload += _string(topic) + _string(message)
+        if self.user:
+            flags |= 0x80
+            payload += _string(self.user.encode())
+            if self.password:
+                flags |= 0x40
+                payload += _string(self.password.encode())
+        body = _string(b"MQTT") + bytes([4, flags]) + struct.pack("!H", self.keepalive_s) + payload
+        writer.write(bytes([CONNECT]) + _length(len(body)) + body)
+        await writer.drain()
+        kind, data = await asyncio.wait_for_ms(self._packet(), self.connect_timeout_ms)
+        if kind != CONNACK or len(data) != 2 or data[1] != 0:
+            raise ValueError("broker refused: code %d" % (data[1] if len(data) > 1 else -1))
+        if self.subscriptions:
+            body = struct.pack("!H", self._next_pid())
+            for topic, qos in self.subscriptions:
+                body += _string(topic) + bytes([qos])
+            writer.write(bytes([SUBSCRIBE]) + _length(len(body)) + body)
+            await writer.drain()
+
+    async def _serve(self):
+        """Read packets until the link fails; ping when idle, give up when the broker falls silent."""
+        pinger = asyncio.create_task(self._ping())
+        try:
+            while True:
+                kind, data = await asyncio.wait_for_ms(self._packet(), self.keepalive_s * 1500)
+                if kind & 0xF0 == PUBLISH:
+                    await self._received(kind, data)
+        finally:
+            pinger.cancel()
+
+    async def _ping(self):
+        while True:
+            await asyncio.sleep_ms(self.keepalive_s * 500)
+            await self._send(bytes([PINGREQ, 0]))
+
+    async def _received(self, kind, data):
+        qos = (kind >> 1) & 3
+        n = struct.unpack_from("!H", data)[0]
+        topic = bytes(data[2:2 + n])
+        at = 2 + n
+        if qos:
+            await self._send(bytes([PUBACK, 2]) + bytes(data[at:at + 2]))
+            at += 2
+        self.on_message(topic, bytes(data[at:]), bool(kind & 1))
+
+    async def _packet(self):
+        head = await self._reader.readexactly(1)
+        length, shift = 0, 0
+        while True:
+            byte = (await self._reader.readexactly(1))[0]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+            if shift > 21:
+                raise ValueError("bad packet length")
+        data = await self._reader.readexactly(length) if length else b""
+        return head[0], data
+
+    async def _send(self, packet):
+        writer = self._writer
+        if writer is None:
+            return False
+        async with self._lock:  # packets from several tasks must not interleave
+            try:
+                writer.write(packet)
+                await writer.drain()
+                return True
+            except OSError as e:
+                self.last_error = "mqtt: " + str(e)
+                self._close()
+                return False
+
+    def _close(self):
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError:
+                pass
+        if self.up.is_set():
+            self.up.clear()
+            self.down.set()
+
+    def _next_pid(self):
+        self._pid = self._pid % 65535 + 1
+        return self._pid
+
+
+def _random_below(n):
+    return struct.unpack("<I", os.urandom(4))[0] % max(1, n)

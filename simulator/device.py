@@ -1,0 +1,200 @@
+"""One evaluator running the real firmware on the MicroPython unix port, driven the way a person would.
+
+The host listens on a loopback port; the firmware's simulated board (firmware/boards/sim.py) connects to
+it, takes button levels and network plugs from it, and reports every frame it shows. Its flash is a folder.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from simulator import micropython
+
+
+class DeviceError(RuntimeError):
+    """The device did not start, answer or show what was expected in time."""
+
+
+class SimDevice:
+    def __init__(self, workdir: Path, firmware: Path, device: str, hall: str, broker_port: int,
+                 heapsize: str = "192K", size: tuple[int, int] = (320, 240), site_extra: dict | None = None):
+        self.flash = Path(workdir)
+        self.firmware = Path(firmware)
+        self.device, self.hall = device, hall
+        self.heapsize = heapsize
+        self.size = size
+        self.flash.mkdir(parents=True, exist_ok=True)
+        site = {"device": device, "hall": hall, "broker": "127.0.0.1", "port": broker_port, **(site_extra or {})}
+        (self.flash / "site.json").write_text(json.dumps(site))
+        font = self.flash / "font.bin"
+        if not font.exists():
+            font.symlink_to(self.firmware / "font.bin")
+        self.frames: list[dict] = []  # every frame shown: {"frame", "kind", "t", "host_t"}
+        self.events: queue.Queue = queue.Queue()
+        self._screens: queue.Queue = queue.Queue()
+        self._pieces: list[bytes] = []
+        self._frame_seen = threading.Condition()
+        self.proc: subprocess.Popen | None = None
+        self._conn: socket.socket | None = None
+        self.output = b""
+
+    # ---- power ----
+
+    def start(self, timeout: float = 20) -> "SimDevice":
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(timeout)
+        env = micropython.environment([self.firmware, self.firmware / "lib"])
+        env.update(HCP_SIM_CONTROL=str(listener.getsockname()[1]), HCP_SIM_FLASH=str(self.flash),
+                   HCP_SIM_WIDTH=str(self.size[0]), HCP_SIM_HEIGHT=str(self.size[1]))
+        self._log = open(self.flash / "console.log", "ab")
+        self.proc = subprocess.Popen(micropython.command([str(self.firmware / "main.py")], self.heapsize),
+                                     env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.flash)
+        try:
+            self._conn, _ = listener.accept()
+        except OSError:
+            self.power_cut()
+            raise DeviceError(f"{self.device} did not start: {self.console()[-2000:]}") from None
+        finally:
+            listener.close()
+        self._conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=self._read, name=f"sim-{self.device}", daemon=True).start()
+        return self
+
+    def power_cut(self) -> None:
+        """SIGKILL: the process dies mid-whatever, as a board does when its power goes."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self._close()
+
+    def stop(self) -> None:
+        self.power_cut()
+
+    def console(self) -> str:
+        path = self.flash / "console.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # ---- what a person does ----
+
+    def press(self, button: int, hold_ms: int = 120, bounce: int = 0) -> float:
+        """Press and release a button (0 = 非常满意 ... 4 = 非常不满意); return the host time it went down.
+
+        `bounce` adds that many contact bounces (1 ms apart) on the way down and up, as a real switch has.
+        """
+        for _ in range(bounce):
+            self._send({"button": button, "down": True})
+            time.sleep(0.001)
+            self._send({"button": button, "down": False})
+            time.sleep(0.001)
+        down_at = time.monotonic()
+        self._send({"button": button, "down": True})
+        time.sleep(hold_ms / 1000)
+        for _ in range(bounce):
+            self._send({"button": button, "down": False})
+            time.sleep(0.001)
+            self._send({"button": button, "down": True})
+            time.sleep(0.001)
+        self._send({"button": button, "down": False})
+        return down_at
+
+    def unplug(self) -> None:
+        self._send({"net": False})
+
+    def replug(self) -> None:
+        self._send({"net": True})
+
+    # ---- what a person sees ----
+
+    def screenshot(self, timeout: float = 10) -> Image.Image:
+        while not self._screens.empty():
+            self._screens.get_nowait()
+        self._send({"screen": 1})
+        try:
+            shot = self._screens.get(timeout=timeout)
+        except queue.Empty:
+            raise DeviceError(f"{self.device} sent no screen") from None
+        data = shot["data"]
+        width, height = shot["width"], shot["height"]
+        pixels = bytearray()
+        for byte in data:  # GS4_HMSB: the high nibble is the left pixel
+            pixels += bytes((byte >> 4, byte & 0x0F))
+        image = Image.frombytes("P", (width, height), bytes(pixels))
+        palette = []
+        for rgb in shot["palette"]:
+            palette += [(rgb >> 16) & 0xFF, (rgb >> 8) & 0xFF, rgb & 0xFF]
+        image.putpalette(palette)
+        return image.convert("RGB")
+
+    def wait_frame(self, kind: str, after: int = 0, timeout: float = 10) -> dict:
+        """The first frame of `kind` shown after frame number `after`."""
+        deadline = time.monotonic() + timeout
+        with self._frame_seen:
+            while True:
+                for frame in self.frames:
+                    if frame["frame"] > after and frame["kind"] == kind:
+                        return frame
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    shown = [f["kind"] for f in self.frames[-5:]]
+                    raise DeviceError(f"{self.device} did not show {kind} (last: {shown})")
+                self._frame_seen.wait(left)
+
+    @property
+    def last_frame(self) -> int:
+        with self._frame_seen:
+            return self.frames[-1]["frame"] if self.frames else 0
+
+    # ---- the control link ----
+
+    def _send(self, message: dict) -> None:
+        if self._conn is None:
+            raise DeviceError(f"{self.device} is not running")
+        self._conn.sendall(json.dumps(message).encode() + b"\n")
+
+    def _read(self) -> None:
+        conn = self._conn
+        buffer = b""
+        while conn is not None:
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                self._handle(json.loads(line), time.monotonic())
+
+    def _handle(self, message: dict, at: float) -> None:
+        if "frame" in message:
+            with self._frame_seen:
+                self.frames.append({**message, "host_t": at})
+                self._frame_seen.notify_all()
+        elif "screen_piece" in message:
+            self._pieces.append(base64.b64decode(message["screen_piece"]))
+        elif "screen" in message:
+            pieces, self._pieces = self._pieces, []
+            self._screens.put({**message["screen"], "data": b"".join(pieces)})
+        else:
+            self.events.put(message)
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None
+
