@@ -1,6 +1,6 @@
-# Boot: pick the board, read the site settings, run the application; restart it on any failure, after
-# writing what happened to the error ring. A bad configuration shows an error screen instead of looping.
-import gc
+# Boot: pick the board, read the site settings, run the application; on any failure write what happened
+# to the error ring and reset the board (a clean heap beats a half-dead application). A bad configuration
+# shows an error screen instead of resetting in a loop.
 import sys
 import time
 
@@ -44,19 +44,17 @@ async def start(board):
 
 
 def _task_failed(loop, context):
-    raise context["exception"]  # one task's failure restarts the application, never goes unnoticed
+    raise context["exception"]  # one task's failure restarts the device, never goes unnoticed
 
 
 def main():
     board = make_board()
-    while True:
-        try:
-            asyncio.run(start(board))
-        except Exception as e:  # noqa: BLE001 - log it, then start again
-            errors.log(board.flash, errors.exception_text(e))
-        asyncio.new_event_loop()
-        gc.collect()  # the failed application's objects go before the next one allocates
-        time.sleep_ms(RESTART_DELAY_MS)
+    try:
+        asyncio.run(start(board))
+    except Exception as e:  # noqa: BLE001 - log it, then start again from a clean heap
+        errors.log(board.flash, errors.exception_text(e))
+    time.sleep_ms(RESTART_DELAY_MS)
+    board.reset()
 
 
 main()

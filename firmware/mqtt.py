@@ -7,6 +7,7 @@
 import asyncio
 import os
 import struct
+import time
 
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 0x10, 0x20, 0x30, 0x40, 0x82, 0x90
 PINGREQ, PINGRESP, DISCONNECT = 0xC0, 0xD0, 0xE0
@@ -48,6 +49,7 @@ class MQTTClient:
         self.last_error = None
         self._writer = None
         self._pid = 0
+        self._heard = 0
         self._lock = asyncio.Lock()
         self._task = asyncio.create_task(self._run())
 
@@ -122,20 +124,35 @@ class MQTTClient:
             await writer.drain()
 
     async def _serve(self):
-        """Read packets until the link fails; ping when idle, give up when the broker falls silent."""
-        pinger = asyncio.create_task(self._ping())
+        """Read packets until the link fails. A watcher pings when idle and cuts the read short when the
+        network drops or the broker falls silent (a closed socket alone does not wake a pending read)."""
+        reader = asyncio.create_task(self._read_packets())
+        watcher = asyncio.create_task(self._watch(reader))
         try:
-            while True:
-                kind, data = await asyncio.wait_for_ms(self._packet(), self.keepalive_s * 1500)
-                if kind & 0xF0 == PUBLISH:
-                    await self._received(kind, data)
+            await reader
+        except asyncio.CancelledError:
+            raise OSError("link lost") from None
         finally:
-            pinger.cancel()
+            watcher.cancel()
 
-    async def _ping(self):
+    async def _read_packets(self):
         while True:
-            await asyncio.sleep_ms(self.keepalive_s * 500)
-            await self._send(bytes([PINGREQ, 0]))
+            kind, data = await self._packet()
+            self._heard = time.ticks_ms()
+            if kind & 0xF0 == PUBLISH:
+                await self._received(kind, data)
+
+    async def _watch(self, reader):
+        self._heard = pinged = time.ticks_ms()
+        while True:
+            await asyncio.sleep_ms(500)
+            now = time.ticks_ms()
+            if not self.net.isconnected() or time.ticks_diff(now, self._heard) > self.keepalive_s * 1500:
+                reader.cancel()
+                return
+            if time.ticks_diff(now, pinged) > self.keepalive_s * 500:
+                pinged = now
+                await self._send(bytes([PINGREQ, 0]))
 
     async def _received(self, kind, data):
         qos = (kind >> 1) & 3

@@ -19,6 +19,8 @@ from PIL import Image
 
 from simulator import micropython
 
+RESET_EXIT = 75  # firmware/boards/sim.py: the board asked to be reset
+
 
 class DeviceError(RuntimeError):
     """The device did not start, answer or show what was expected in time."""
@@ -45,7 +47,7 @@ class SimDevice:
         self._frame_seen = threading.Condition()
         self.proc: subprocess.Popen | None = None
         self._conn: socket.socket | None = None
-        self.output = b""
+        self.boots = 0
 
     # ---- power ----
 
@@ -68,7 +70,9 @@ class SimDevice:
         finally:
             listener.close()
         self._conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=self._read, name=f"sim-{self.device}", daemon=True).start()
+        self.boots += 1
+        threading.Thread(target=self._read, args=(self._conn, self.proc), name=f"sim-{self.device}",
+                         daemon=True).start()
         return self
 
     def power_cut(self) -> None:
@@ -162,15 +166,17 @@ class SimDevice:
             raise DeviceError(f"{self.device} is not running")
         self._conn.sendall(json.dumps(message).encode() + b"\n")
 
-    def _read(self) -> None:
-        conn = self._conn
+    def _read(self, conn: socket.socket, proc: subprocess.Popen) -> None:
         buffer = b""
-        while conn is not None:
+        while True:
             try:
                 chunk = conn.recv(65536)
             except OSError:
-                return
+                chunk = b""
             if not chunk:
+                if proc.wait() == RESET_EXIT and self._conn is conn:  # the board reset itself: boot again
+                    self._close()
+                    self.start()
                 return
             buffer += chunk
             while b"\n" in buffer:

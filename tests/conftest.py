@@ -62,3 +62,31 @@ def wire_device(broker):
     yield make
     for device in made:
         device.close()
+
+
+@pytest.fixture(scope="session")
+def firmware_tree(tmp_path_factory):
+    """The deployable firmware tree, built once per test run as `make firmware` builds it."""
+    from flasher import build
+
+    out = tmp_path_factory.mktemp("firmware")
+    build.build(out)
+    return out
+
+
+@pytest.fixture
+def sim_device(tmp_path, broker, firmware_tree):
+    """Start evaluators running the real firmware on the unix port; all are powered off at the end."""
+    from simulator.device import SimDevice
+    from tests.helpers import HALL
+
+    made = []
+
+    def make(dev: str = "W01", **kwargs):
+        device = SimDevice(tmp_path / f"flash-{dev}", firmware_tree, dev, HALL, broker.port, **kwargs)
+        made.append(device)
+        return device.start()
+
+    yield make
+    for device in made:
+        device.stop()

@@ -13,7 +13,8 @@ import time
 
 import framebuf
 
-SCREEN_PIECE = 3072  # bytes of frame buffer per line sent to the host
+SCREEN_PIECE = 512  # bytes of frame buffer per line sent to the host: small, for a fragmented heap
+RESET_EXIT = 75  # the host boots the device again when its process ends with this code
 PALETTE = (  # GS4 index -> RGB, the colours the screens use (see screens.py)
     0x000000, 0xFFFFFF, 0x1B8A3A, 0x6CC04A, 0xE0B000, 0xF07820, 0xD02020, 0x808080,
     0x1F5FBF, 0xD8E4F0, 0x303030, 0xC0C0C0, 0x0A3D7A, 0xFFF4D6, 0x4A4A4A, 0xF2F2F2,
@@ -69,6 +70,9 @@ class Net:
         self._open.append(writer)
         return reader, writer
 
+    def isconnected(self):
+        return self.plugged
+
     def rssi(self):
         return -55 if self.plugged else None
 
@@ -102,6 +106,9 @@ class Board:
         self.watchdog = Watchdog()
         self._control = None
         self._reader = None
+
+    def reset(self):
+        sys.exit(RESET_EXIT)
 
     async def start(self):
         """Connect to the host once; after an application restart, listen to it again on the new loop."""
