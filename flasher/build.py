@@ -15,6 +15,9 @@ from simulator.micropython import venv_tool
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_AS_SOURCE = {"boot.py", "main.py"}
+# Board files for the ESP32-S3 hold native (viper) code, compiled for its Xtensa core; the rest is bytecode
+# that every port runs, the unix port's simulated board included.
+NATIVE_ARCH = {"boards/esp32s3": "xtensawin"}
 SHARED = {"protocol/__init__.py": "lib/protocol/__init__.py", "protocol/codec.py": "lib/protocol/codec.py"}
 
 
@@ -53,7 +56,8 @@ def build(out: Path, firmware: Path = REPO / "firmware", repo: Path = REPO) -> l
             target = (out / rel).with_suffix(".mpy")
             target.parent.mkdir(parents=True, exist_ok=True)
             # -s gives the module its deployed name in tracebacks instead of the build machine's path.
-            check = subprocess.run([compiler, "-s", str(rel), "-o", str(target), str(src)],
+            arch = [f"-march={a}" for prefix, a in NATIVE_ARCH.items() if rel.as_posix().startswith(prefix)]
+            check = subprocess.run([compiler, *arch, "-s", str(rel), "-o", str(target), str(src)],
                                    capture_output=True, text=True)
         if check.returncode != 0:
             # mpy-cross reports like a traceback; the file, line and error are what a reader needs.
