@@ -24,9 +24,14 @@ class App:
     heartbeat_s = 60
     mash_guard_ms = 1500  # after a counted press, more presses are not ratings
 
+    TUNABLE = ("window", "resend_ms", "heartbeat_s", "mash_guard_ms")
+
     def __init__(self, board, site):
         self.board = board
         self.site = site
+        for name, value in (site.get("tuning") or {}).items():  # a lab's or a soak run's timings
+            if name in self.TUNABLE:
+                setattr(self, name, value)
         self.dev, self.hall = site["device"], site["hall"]
         flash = board.flash
         self.config_path = flash + "/config.json"
@@ -37,7 +42,8 @@ class App:
         self._up_ms, self._up_mark = 0, time.ticks_ms()  # ticks wrap after days; uptime must not
         self.clock_offset = None  # wall clock = uptime + offset, once the gateway told us the time
         self.prompt = None  # the case being rated: {"case", "text", "qr", "until"}
-        self.busy_until = 0  # a thanks/hint screen or the mashing guard holds until then
+        self.busy_until = 0  # presses before then are the rest of a mashing burst, not ratings
+        self.screen_until = 0  # a thanks, hint or error screen shows until then, then idle again
         self.in_flight = {}  # rating id (bytes) -> ticks when sent
         self.sent = asyncio.Event()
         self.last_error = None
@@ -73,8 +79,7 @@ class App:
             if self.config["policy"] == "record":
                 await self._rate(index, None)
             else:
-                self.screens.hint("请在办理完成后评价")
-                self.busy_until = time.ticks_add(now, 2000)
+                self._transient(self.screens.hint, "请在办理完成后评价", 2000)
             return
         prompt, self.prompt = self.prompt, None
         self.screens.prompt(prompt["text"], prompt["qr"], 0, chosen=index)  # visible at once
@@ -89,12 +94,10 @@ class App:
         try:
             self._record(level, case, reasons)
         except OutboxFull:
-            self.screens.error("存储已满,请联系工作人员")
             self.last_error = "outbox full"
-            self.busy_until = time.ticks_add(time.ticks_ms(), 3000)
+            self._transient(self.screens.error, "存储已满,请联系工作人员", 3000)
             return
-        self.screens.thanks()
-        self.busy_until = time.ticks_add(time.ticks_ms(), max(self.mash_guard_ms, self.config["thanks_s"] * 1000))
+        self._transient(self.screens.thanks, None, self.config["thanks_s"] * 1000)
 
     async def _ask_reasons(self):
         codes = self.config["reasons"]
@@ -228,14 +231,14 @@ class App:
             await asyncio.sleep_ms(1000)
             prompt = self.prompt
             if prompt is None:
-                if self.screens.kind not in ("idle", "reasons") and time.ticks_diff(self.busy_until,
+                if self.screens.kind not in ("idle", "reasons") and time.ticks_diff(self.screen_until,
                                                                                    time.ticks_ms()) <= 0:
                     self.screens.idle(self.config)  # the thanks, hint or error screen has had its time
                 continue
             left = time.ticks_diff(prompt["until"], time.ticks_ms())
             if left <= 0:
                 self._end_prompt()
-            elif time.ticks_diff(self.busy_until, time.ticks_ms()) <= 0:
+            else:
                 self.screens.prompt(prompt["text"], prompt["qr"], (left + 999) // 1000)
 
     def _end_prompt(self):
@@ -244,8 +247,18 @@ class App:
         self.screens.idle(self.config)
 
     def _redraw(self):
-        if self.prompt is None and time.ticks_diff(self.busy_until, time.ticks_ms()) <= 0:
+        if self.prompt is None and time.ticks_diff(self.screen_until, time.ticks_ms()) <= 0:
             self.screens.idle(self.config)
+
+    def _transient(self, show, text, ms):
+        """A screen that gives way to idle after `ms`; presses count again after the mashing guard."""
+        if text is None:
+            show()
+        else:
+            show(text)
+        now = time.ticks_ms()
+        self.screen_until = time.ticks_add(now, ms)
+        self.busy_until = time.ticks_add(now, self.mash_guard_ms)
 
     def uptime_ms(self):
         now = time.ticks_ms()

@@ -52,3 +52,26 @@ def province(db_path: Path, host: str, port: int, app_key: str, app_secret: str)
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     running.stop()
+
+
+@main.command()
+@click.option("--heapsize", default="192K", show_default=True, help="The device's MicroPython heap.")
+@click.option("--cycles", type=int, default=2000, show_default=True, help="Presses in all.")
+@click.option("--offline", type=int, default=500, show_default=True,
+              help="Of those, presses made while the network is unplugged (buffered on flash, drained after).")
+@click.option("--firmware", type=click.Path(path_type=Path, exists=True), default=Path("build/firmware"),
+              show_default=True, help="The built firmware tree (make firmware).")
+def soak(heapsize: str, cycles: int, offline: int, firmware: Path) -> None:
+    """Run one evaluator through prompt, press and ack cycles with an offline stretch; exit 1 on any loss,
+    duplicate, reset or leak.
+
+    Example: hcp-sim soak --heapsize 192K --cycles 2000
+    """
+    from simulator import soak as soak_module
+    from simulator.device import DeviceError
+
+    try:
+        result = soak_module.run(firmware, heapsize, cycles, offline, say=click.echo)
+    except (soak_module.SoakFailed, DeviceError) as e:
+        raise click.ClickException(f"soak failed: {e}") from None
+    click.echo(result.summary())

@@ -30,7 +30,7 @@ class SimDevice:
     def __init__(self, workdir: Path, firmware: Path, device: str, hall: str, broker_port: int,
                  heapsize: str = "192K", size: tuple[int, int] = (320, 240), site_extra: dict | None = None):
         self.flash = Path(workdir)
-        self.firmware = Path(firmware)
+        self.firmware = Path(firmware).resolve()
         self.device, self.hall = device, hall
         self.heapsize = heapsize
         self.size = size
