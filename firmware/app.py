@@ -162,7 +162,6 @@ class App:
     async def _heartbeat(self):
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            self.board.watchdog.feed()
             await self._status("online")
 
     async def _status(self, state):
@@ -216,6 +215,8 @@ class App:
             return
         settings.save_config(self.config_path, message)
         self.config = config
+        self.board.display.brightness(config["bright"])
+        self.board.buzzer.volume = config["volume"]
         self._redraw()
         asyncio.create_task(self._status("online"))  # reports the applied version
 
@@ -229,6 +230,7 @@ class App:
         """Once a second: count the prompt down, end it when its time is up, go back to idle."""
         while True:
             await asyncio.sleep_ms(1000)
+            self.board.watchdog.feed()  # a wedged event loop stops feeding it, and the board resets
             prompt = self.prompt
             if prompt is None:
                 if self.screens.kind not in ("idle", "reasons") and time.ticks_diff(self.screen_until,

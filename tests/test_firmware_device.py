@@ -215,3 +215,26 @@ def test_the_oled_variant_shows_a_prompt_whose_qr_decodes(broker, sim_device):
     image = device.screenshot().resize((512, 256))
     assert [r.text for r in zxingcpp.read_barcodes(image)] == ["https://x.cn/r/T3xQ9"]
     gateway_side.loop_stop()
+
+
+def test_a_first_connect_that_fails_is_retried(broker, sim_device, gateway_factory):
+    broker.stop()  # the hall's router and broker boot slower than the evaluator
+    device = sim_device("W01")
+    device.wait_frame("idle")
+    time.sleep(1.5)  # a few failed connects
+    broker.start()
+    gateway = gateway_factory()
+    wait_until(lambda: gateway_devices(gateway).get("W01", "absent") != "absent", timeout=60,
+               what="the device online after the broker came up")
+
+
+def test_remote_config_sets_brightness_and_volume_and_is_reported(broker, sim_device, gateway_factory):
+    gateway = gateway_factory()
+    device = sim_device("W01")
+    send(gateway.ingest.client, "W01", {"v": 1, "k": "config", "ver": 7, "bright": 35, "volume": 20,
+                                        "window": "A12", "staff": "李*华", "staff_no": "N0321"}, retain=True)
+    wait_until(lambda: gateway_devices(gateway).get("W01") == 7, what="config version 7 reported")
+    events = []
+    while not device.events.empty():
+        events.append(device.events.get_nowait())
+    assert {"brightness": 35} in events

@@ -37,6 +37,9 @@ class Display:
         self.fb = framebuf.FrameBuffer(self.buffer, width, height, framebuf.GS4_HMSB)
         self.frames = 0
 
+    def brightness(self, percent):
+        self.board.send({"brightness": percent})
+
     def show(self, kind):
         self.frames += 1
         self.board.send({"frame": self.frames, "kind": kind, "t": time.ticks_ms()})
@@ -53,9 +56,10 @@ class Led:
 class Buzzer:
     def __init__(self, board):
         self.board = board
+        self.volume = 60
 
     def beep(self, ms):
-        self.board.send({"beep": ms})
+        self.board.send({"beep": ms, "volume": self.volume})
 
 
 class Net:
