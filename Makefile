@@ -26,7 +26,7 @@ $(TYPINGS)/.installed: firmware/typecheck-requirements.txt $(STAMP)
 test: $(STAMP) system-packages $(TYPINGS)/.installed
 	$(BIN)/pytest
 
-demo: $(STAMP) system-packages
+demo: $(STAMP) system-packages firmware
 	$(BIN)/hcp-sim demo
 
 firmware: $(STAMP) system-packages
