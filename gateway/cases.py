@@ -8,14 +8,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-import threading
 
 from gateway import ratings
+from gateway.periodic import Periodic
 from gateway.store import Writer
 from gateway.workdays import CalendarMissing, WorkCalendar
 
 log = logging.getLogger("gateway.cases")
-HOUSEKEEPING_S = 30.0
 DAY_S = 86400.0
 
 CASE_FIELDS = ("case_ref", "project_no", "task_code", "task_name", "dept_code", "dept_name", "staff_no",
@@ -83,34 +82,19 @@ def prune(conn: sqlite3.Connection, now: float, retention_days: int) -> int:
     return deleted
 
 
-class Housekeeping:
-    """A thread that issues default ratings, fills deadlines and prunes, every HOUSEKEEPING_S seconds."""
+class Housekeeping(Periodic):
+    """Issues default ratings, fills deadlines and prunes, every `interval` seconds."""
+
+    interval = 30.0
+    name = "housekeeping"
 
     def __init__(self, config: dict, writer: Writer, clock, calendar: WorkCalendar):
+        super().__init__()
         self.config = config
         self.writer = writer
         self.clock = clock
         self.calendar = calendar
         self.defaults_issued = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="housekeeping", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - try again next round
-                log.exception("housekeeping failed")
-            self._stop.wait(HOUSEKEEPING_S)
 
     def run_once(self) -> None:
         c = self.config

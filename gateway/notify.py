@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import urllib.error
 import urllib.request
 
+from gateway.periodic import Periodic
 from gateway.store import Writer
 from protocol.codec import LEVEL_LABELS, LEVELS
 
 log = logging.getLogger("gateway.notify")
-POLL_S = 1.0
 RETRY_MAX_S = 600.0
 
 _DUE = """
@@ -35,32 +34,17 @@ def notice(row: dict) -> dict:
             "assessed_at": row["assessed_at"], "followup_deadline": row["deadline"]}
 
 
-class Notifier:
+class Notifier(Periodic):
+    interval = 1.0
+    name = "notifier"
+
     def __init__(self, config: dict, writer: Writer, clock, reader):
+        super().__init__()
         self.url = config["cases.webhook_url"]
         self.writer = writer
         self.clock = clock
         self.reader = reader
         self.sent = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="notifier", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - try again next round
-                log.exception("notifying failed")
-            self._stop.wait(POLL_S)
 
     def run_once(self) -> None:
         now = self.clock.now()

@@ -61,7 +61,9 @@ def province(db_path: Path, host: str, port: int, app_key: str, app_secret: str)
               help="Of those, presses made while the network is unplugged (buffered on flash, drained after).")
 @click.option("--firmware", type=click.Path(path_type=Path, exists=True), default=Path("build/firmware"),
               show_default=True, help="The built firmware tree (make firmware).")
-def soak(heapsize: str, cycles: int, offline: int, firmware: Path) -> None:
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Keep the run's files here (device flash and console, gateway database) for inspection.")
+def soak(heapsize: str, cycles: int, offline: int, firmware: Path, workdir: Path | None) -> None:
     """Run one evaluator through prompt, press and ack cycles with an offline stretch; exit 1 on any loss,
     duplicate, reset or leak.
 
@@ -71,7 +73,7 @@ def soak(heapsize: str, cycles: int, offline: int, firmware: Path) -> None:
     from simulator.device import DeviceError
 
     try:
-        result = soak_module.run(firmware, heapsize, cycles, offline, say=click.echo)
+        result = soak_module.run(firmware, heapsize, cycles, offline, say=click.echo, workdir=workdir)
     except (soak_module.SoakFailed, DeviceError) as e:
         raise click.ClickException(f"soak failed: {e}") from None
     click.echo(result.summary())

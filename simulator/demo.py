@@ -12,10 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import qrcode
-
 from flasher import build
-from gateway import settings
+from gateway import prompts, settings
 from gateway.service import Gateway
 from protocol import codec
 from simulator.broker import REPO, Broker
@@ -65,11 +63,7 @@ def run(say=print) -> list[dict]:
 
 
 def _prompt(case: str) -> bytes:
-    q = qrcode.QRCode(border=0, error_correction=qrcode.constants.ERROR_CORRECT_M)
-    q.add_data(f"https://hcp.example.gov.cn/r/{case}")
-    q.make(fit=True)
-    return codec.encode({"v": 1, "k": "prompt", "case": case, "text": "张*的 不动产登记", "ttl": 30,
-                         "qr": codec.pack_matrix(q.get_matrix())})
+    return codec.encode(prompts.prompt(case, "张*的 不动产登记", f"https://hcp.example.gov.cn/r/{case}", 30))
 
 
 def _exchange(say, broker, province, gateway, device, work: Path) -> list[dict]:

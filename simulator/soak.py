@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import qrcode
 
-from gateway import settings
+from gateway import prompts, settings
 from gateway.service import Gateway
 from protocol import codec
 from simulator.broker import Broker
@@ -61,39 +60,43 @@ class SoakResult:
 
 
 def _prompt(case: str) -> bytes:
-    q = qrcode.QRCode(border=0, error_correction=qrcode.constants.ERROR_CORRECT_M)
-    q.add_data(f"https://hcp.example.gov.cn/r/{case}")
-    q.make(fit=True)
-    return codec.encode({"v": 1, "k": "prompt", "case": case, "text": "王*的 社保业务", "ttl": 30,
-                         "qr": codec.pack_matrix(q.get_matrix())})
+    return codec.encode(prompts.prompt(case, "王*的 社保业务", f"https://hcp.example.gov.cn/r/{case}", 30))
 
 
-def run(firmware: Path, heapsize: str = "192K", cycles: int = 2000, offline: int = 500, say=print) -> SoakResult:
+def run(firmware: Path, heapsize: str = "192K", cycles: int = 2000, offline: int = 500, say=print,
+        workdir: Path | None = None) -> SoakResult:
+    """Run the soak; with `workdir`, its files (device flash and console, gateway database) stay there."""
     if not 0 <= offline < cycles:
         raise ValueError("offline must be below cycles")
-    with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
-        work = Path(tmp)
-        config = settings.load(None, {"gateway.hall": HALL, "mqtt.port": broker.port, "http.port": 0,
-                                      "store.path": str(work / "gateway.db")})
-        gateway = Gateway(config).start()
-        watcher = _Watcher(broker.port)
-        device = SimDevice(work / "flash", firmware, DEVICE, HALL, broker.port, heapsize=heapsize,
-                           site_extra={"tuning": TUNING})
-        try:
-            device.start()
-            result = _cycles(device, gateway, watcher, cycles, offline, say)
-            result.stored = _stored(work / "gateway.db")
-            if result.stored != cycles:
-                raise SoakFailed(f"{cycles} presses, {result.stored} ratings stored")
-            if device.boots != 1:
-                raise SoakFailed(f"the device reset itself {device.boots - 1} times: {device.console()[-1500:]}")
-            if result.heap_growth() > LEAK_TOLERANCE:
-                raise SoakFailed(f"the heap grew by {result.heap_growth()} bytes: {result.free_heap}")
-            return result
-        finally:
-            device.stop()
-            watcher.stop()
-            gateway.stop()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        with Broker(work / "broker") as broker:
+            return _run(firmware, heapsize, cycles, offline, say, work, broker)
+
+
+def _run(firmware, heapsize, cycles, offline, say, work: Path, broker: Broker) -> SoakResult:
+    config = settings.load(None, {"gateway.hall": HALL, "mqtt.port": broker.port, "http.port": 0,
+                                  "store.path": str(work / "gateway.db")})
+    gateway = Gateway(config).start()
+    watcher = _Watcher(broker.port)
+    device = SimDevice(work / "flash", firmware, DEVICE, HALL, broker.port, heapsize=heapsize,
+                       site_extra={"tuning": TUNING})
+    try:
+        device.start()
+        result = _cycles(device, gateway, watcher, cycles, offline, say)
+        result.stored = _stored(work / "gateway.db")
+        if result.stored != cycles:
+            raise SoakFailed(f"{cycles} presses, {result.stored} ratings stored")
+        if device.boots != 1:
+            raise SoakFailed(f"the device reset itself {device.boots - 1} times: {device.console()[-1500:]}")
+        if result.heap_growth() > LEAK_TOLERANCE:
+            raise SoakFailed(f"the heap grew by {result.heap_growth()} bytes: {result.free_heap}")
+        return result
+    finally:
+        device.stop()
+        watcher.stop()
+        gateway.stop()
 
 
 def _cycles(device: SimDevice, gateway: Gateway, watcher: "_Watcher", cycles: int, offline: int, say):

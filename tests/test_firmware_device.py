@@ -9,9 +9,9 @@ import struct
 import time
 
 import paho.mqtt.client as mqtt
-import qrcode
 import zxingcpp
 
+from gateway import prompts
 from protocol import codec
 from tests.helpers import HALL, register_device, wait_until
 
@@ -31,11 +31,7 @@ def send(client: mqtt.Client, dev: str, message: dict, retain: bool = False) -> 
 
 
 def prompt(case: str = "C2026-0001", url: str = URL, ttl: int = 30) -> dict:
-    q = qrcode.QRCode(border=0, error_correction=qrcode.constants.ERROR_CORRECT_M)
-    q.add_data(url)
-    q.make(fit=True)
-    return {"v": 1, "k": "prompt", "case": case, "text": "张*的 不动产登记", "qr": codec.pack_matrix(q.get_matrix()),
-            "ttl": ttl}
+    return prompts.prompt(case, "张*的 不动产登记", url, ttl)
 
 
 def ratings(gateway) -> list[tuple]:
@@ -92,14 +88,19 @@ def test_one_press_counts_and_is_linked_to_the_case(broker, sim_device, gateway_
 def test_a_bouncing_switch_makes_one_rating(broker, sim_device, gateway_factory):
     gateway = gateway_factory()
     device = sim_device("W01")
-    send(gateway.ingest.client, "W01", {"v": 1, "k": "config", "ver": 1, "policy": "record"}, retain=True)
-    wait_until(lambda: gateway_devices(gateway).get("W01") == 1, what="the config applied")
+    record_policy(gateway)
     before = device.last_frame
     device.press(2, bounce=6)
     device.wait_frame("thanks", after=before)
     wait_until(lambda: ratings(gateway), what="the rating")
     time.sleep(1.0)
     assert ratings(gateway) == [("W01", None, "basic", None)]
+
+
+def record_policy(gateway, **settings) -> None:
+    """Make W01 record presses outside a prompt (and wait until it reports the config applied)."""
+    send(gateway.ingest.client, "W01", {"v": 1, "k": "config", "ver": 1, "policy": "record", **settings}, retain=True)
+    wait_until(lambda: gateway_devices(gateway).get("W01") == 1, what="the config applied")
 
 
 def gateway_devices(gateway) -> dict:
@@ -138,9 +139,7 @@ def test_a_bad_rating_asks_for_a_reason(broker, sim_device, gateway_factory):
 def test_power_cut_while_offline_loses_no_confirmed_press(broker, sim_device, gateway_factory):
     gateway = gateway_factory()
     device = sim_device("W01")
-    send(gateway.ingest.client, "W01", {"v": 1, "k": "config", "ver": 1, "policy": "record", "reason_s": 3},
-         retain=True)
-    wait_until(lambda: gateway_devices(gateway).get("W01") == 1, what="the config applied")
+    record_policy(gateway, reason_s=3)
     device.unplug()
     device.wait_frame("idle", after=device.last_frame)  # redrawn with the offline mark
     for button in (0, 4):
@@ -161,8 +160,7 @@ def test_power_cut_while_offline_loses_no_confirmed_press(broker, sim_device, ga
 def test_reconnects_after_the_broker_restarts(broker, sim_device, gateway_factory):
     gateway = gateway_factory()
     device = sim_device("W01")
-    send(gateway.ingest.client, "W01", {"v": 1, "k": "config", "ver": 1, "policy": "record"}, retain=True)
-    wait_until(lambda: gateway_devices(gateway).get("W01") == 1, what="the config applied")
+    record_policy(gateway)
     broker.stop()
     before = device.last_frame
     device.press(1)

@@ -115,7 +115,7 @@ class Webhook:
 def test_bad_rating_opens_a_followup_and_notifies_the_duty_manager(gateway_factory, monkeypatch, wire_device):
     from gateway import notify
 
-    monkeypatch.setattr(notify, "POLL_S", 0.05)
+    monkeypatch.setattr(notify.Notifier, "interval", 0.05)
     hook = Webhook(failures=1)
     clock = ManualClock(china(2026, 9, 24, 10))
     gateway = gateway_factory(clock=clock, **{"cases.webhook_url": hook.url})
