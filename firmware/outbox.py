@@ -27,7 +27,7 @@ class OutboxFull(Exception):
 
 class Outbox:
     capacity = 1000  # ratings waiting for an ack; at least a day of a busy window offline
-    compact_bytes = 64 * 1024  # log size past which acked records are squeezed out
+    compact_bytes = 64 * 1024  # log growth since the last compaction past which acked records are squeezed out
 
     def __init__(self, path):
         self.path = path
@@ -41,6 +41,7 @@ class Outbox:
         self._used = 0  # slots in use, live or dead, in log order
         self._live = 0
         self._size = 0
+        self._compacted = 0  # log size right after the last compaction: what the waiting ratings take
         self._recover()
 
     def __len__(self):
@@ -82,7 +83,8 @@ class Outbox:
                 self._offsets[i] = DEAD
                 self._live -= 1
                 removed += 1
-        if removed and self._size > self.compact_bytes:
+        # Compacting whenever the log is big would copy a long backlog on every ack; wait for enough garbage.
+        if removed and self._size - self._compacted > self.compact_bytes:
             self.compact()
         return removed
 
@@ -102,6 +104,7 @@ class Outbox:
             f.flush()
         os.rename(self.tmp, self.path)
         self._used, self._size = kept, size
+        self._compacted = size
 
     def _squeeze(self):
         """Drop acknowledged slots from the index (the log keeps their records until the next compaction)."""
