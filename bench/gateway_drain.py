@@ -68,7 +68,7 @@ def figures():
     with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
         work = Path(tmp)
         province_port = free_port()
-        values = {"gateway.hall": HALL, "mqtt.port": broker.port, "http.port": 0,
+        values = {"gateway.hall": HALL, "mqtt.port": broker.port, "http.port": 0, "api.port": 0,
                   "upstream.url": f"http://127.0.0.1:{province_port}", "upstream.app_key": APP_KEY,
                   "upstream.app_secret": APP_SECRET, "upstream.backoff_max_s": 1.0}
 

@@ -96,7 +96,7 @@ def drain_paho(port: int, count: int) -> float:
 
 def drain_gateway(port: int, count: int, workdir: Path) -> float:
     config = settings.load(None, {"gateway.hall": HALL, "mqtt.port": port, "mqtt.client_id": SESSIONS[2],
-                                  "store.path": str(workdir / "gateway.db"), "http.port": 0})
+                                  "store.path": str(workdir / "gateway.db"), "http.port": 0, "api.port": 0})
     gateway = Gateway(config)
     start = time.perf_counter()
     gateway.start()

@@ -84,7 +84,7 @@ def probe(port: int) -> list[float]:
 def figures():
     with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
         gateway = GatewayProcess(Path(tmp), {"gateway.hall": HALL, "mqtt.port": broker.port, "http.port": free_port(),
-                                             "store.path": str(Path(tmp) / "gateway.db")}).start()
+                                             "api.port": 0, "store.path": str(Path(tmp) / "gateway.db")}).start()
         stop = threading.Event()
         load = threading.Thread(target=background_load, args=(broker.port, stop))
         try:

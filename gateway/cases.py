@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import sqlite3
 
 from gateway import ratings
@@ -110,3 +111,39 @@ class Housekeeping(Periodic):
         pruned = self.writer.call(lambda conn: prune(conn, now, c["store.retention_days"]))
         if pruned:
             log.info("pruned %d forwarded ratings older than %d days", pruned, c["store.retention_days"])
+
+
+# ---- the case API's writes (issue: cases, prompts and QR codes) ----
+
+def finish_case(conn: sqlite3.Connection, case: dict, calendar: WorkCalendar, window_days: int, now: float) -> str:
+    """Record a finished case (办结) and its rating token, once; return the token (the same on a repeat)."""
+    record_case(conn, case, calendar, window_days)
+    conn.execute("INSERT INTO tokens (token, case_ref, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                 (secrets.token_urlsafe(18), case["case_ref"], now))
+    return conn.execute("SELECT token FROM tokens WHERE case_ref = ?", (case["case_ref"],)).fetchone()[0]
+
+
+def cancel_case(conn: sqlite3.Connection, case_ref: str) -> bool:
+    """Cancel an open case; False if there is no open case of that reference."""
+    return conn.execute("UPDATE cases SET state = 'cancelled' WHERE case_ref = ? AND state = 'open'",
+                        (case_ref,)).rowcount == 1
+
+
+def rate_by_token(conn: sqlite3.Connection, token: str, choice: dict, now: float, origin: str,
+                  calendar: WorkCalendar, followup_days: int) -> str:
+    """Store a rating made on the citizen's page (QR channel): STORED, ALREADY_RATED, or EXPIRED / UNKNOWN."""
+    row = conn.execute("SELECT c.case_ref, c.deadline, c.state FROM tokens t JOIN cases c ON c.case_ref = t.case_ref "
+                       "WHERE t.token = ?", (token,)).fetchone()
+    if row is None:
+        return UNKNOWN
+    case_ref, deadline, state = row
+    if state == "cancelled" or (deadline is not None and now >= deadline and state == "open"):
+        return EXPIRED
+    rating = {"origin": origin, "rid": secrets.token_hex(8), "channel": "qr", "boot": None, "seq": None,
+              "case_ref": case_ref, "level": choice["level"], "public": int(choice["public"]),
+              "reasons": ",".join(choice["reasons"]) or None, "comment": choice["comment"] or None,
+              "device_time": None, "received_at": now, "assessed_at": now}
+    return ratings.store(conn, rating, calendar, followup_days)
+
+
+UNKNOWN, EXPIRED = "unknown", "expired"

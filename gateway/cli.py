@@ -58,7 +58,8 @@ def run(config_path: Path | None) -> None:
         raise click.ClickException(f"database {config['store.path']}: {e}") from None
     except OSError as e:
         gateway.stop()
-        raise click.ClickException(f"cannot listen on {config['http.host']}:{config['http.port']}: {e}") from None
+        raise click.ClickException(f"cannot listen on port {config['http.port']} or {config['api.port']}: {e}") \
+            from None
     gateway.run_until_signal()
 
 
@@ -69,6 +70,18 @@ def sample_config() -> None:
     Example: hcp-gateway sample-config > gateway.toml
     """
     click.echo(settings.sample(), nl=False)
+
+
+@main.command("hash-key")
+@click.argument("key")
+def hash_key(key: str) -> None:
+    """Print the SHA-256 of an API key, for api.keys (the gateway never stores the key itself).
+
+    Example: hcp-gateway hash-key "$(openssl rand -hex 24)"
+    """
+    from gateway.api import hash_key as digest
+
+    click.echo(digest(key))
 
 
 @main.command()

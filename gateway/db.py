@@ -88,6 +88,11 @@ CREATE TABLE audit (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, detail TEXT
 );
 """),
+    ("rating tokens", """
+CREATE TABLE tokens (                               -- one per case: the citizen's rating page (QR)
+    token TEXT PRIMARY KEY, case_ref TEXT NOT NULL UNIQUE, created_at REAL NOT NULL
+);
+"""),
 ]
 
 

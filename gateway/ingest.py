@@ -75,6 +75,11 @@ class Ingest:
             self._thread.join()
             self._thread = None
 
+    def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish from any thread (QoS 1): queued for the network thread, which owns the client."""
+        self._outgoing.append(({}, [(topic, payload, None, retain)]))
+        self._wake()
+
     # ---- the network thread ----
 
     def _run(self) -> None:
@@ -195,10 +200,11 @@ class Ingest:
                 for start in range(0, len(ids), 32):
                     ack = {"v": 1, "k": "ack", "ids": ids[start:start + 32]}
                     self.client.publish(codec.topic(self.hall, dev, "ack"), codec.encode(ack), qos=1)
-            for topic, payload, mid in sends:
+            for topic, payload, mid, *retain in sends:
                 if topic is not None:
-                    self.client.publish(topic, payload, qos=1)
-                self.client.ack(mid, 1)
+                    self.client.publish(topic, payload, qos=1, retain=bool(retain and retain[0]))
+                if mid is not None:
+                    self.client.ack(mid, 1)
 
     # ---- after commit (writer thread): note what to send; the network thread sends it ----
 
@@ -241,6 +247,9 @@ class Ingest:
             if dev is not None:
                 acks[dev].append(rating_id)
         self._outgoing.append((acks, [(topic, payload, mid) for _, _, topic, payload, mid in committed]))
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             self._wake_w.send(b"!")
         except BlockingIOError:  # already woken more than enough

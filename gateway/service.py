@@ -6,6 +6,7 @@ import signal
 import threading
 
 from gateway import db, report
+from gateway.api import Api
 from gateway.cases import Housekeeping
 from gateway.clock import Clock
 from gateway.forwarder import Forwarder
@@ -35,6 +36,7 @@ class Gateway:
         self.reader = None
         self.notifier: Notifier | None = None
         self.monitor: Monitor | None = None
+        self.api: Api | None = None
 
     def start(self) -> "Gateway":
         """Start every part; StorageError if the database cannot be used, OSError if the port is taken."""
@@ -42,18 +44,20 @@ class Gateway:
         self.reader = db.connect(self.config["store.path"], readonly=True)
         self.notifier = Notifier(self.config, self.writer, self.clock, self.reader)
         self.monitor = Monitor(self.config["http.host"], self.config["http.port"], self)
+        self.api = Api(self)
         self.ingest.start()
         self.forwarder.start()
         self.housekeeping.start()
         self.notifier.start()
         self.monitor.start()
+        self.api.start()
         log.info("gateway for hall %s started: database %s, monitor http://%s:%d/metrics",
                  self.config["gateway.hall"], self.config["store.path"], self.config["http.host"], self.monitor.port)
         return self
 
     def stop(self) -> None:
         """Stop every part, letting the writer commit what is queued. Safe to call twice."""
-        for part in (self.monitor, self.ingest, self.notifier, self.housekeeping, self.forwarder):
+        for part in (self.api, self.monitor, self.ingest, self.notifier, self.housekeeping, self.forwarder):
             if part is not None:
                 part.stop()
         self.writer.stop()

@@ -67,6 +67,13 @@ SETTINGS = [
             "as weekdays plus the holidays and workdays below.", list),
     Setting("calendar.holidays", [], "Extra statutory holidays, as dates (YYYY-MM-DD).", list),
     Setting("calendar.workdays", [], "Extra make-up workdays (调休上班), as dates.", list),
+    Setting("api.host", "127.0.0.1", "Address of the case API and the citizens' rating pages."),
+    Setting("api.port", 8781, "Port of the case API and the rating pages (0: any free port)."),
+    Setting("api.public_url", "http://127.0.0.1:8781", "Base URL phones reach the rating pages at; QR codes "
+            "on the evaluators point there."),
+    Setting("api.keys", [], "SHA-256 hex digests of the API keys allowed to call /api (Authorization: "
+            "Bearer KEY); `hcp-gateway hash-key KEY` prints one.", list),
+    Setting("cases.prompt_s", 30, "Seconds an evaluator accepts a press for a prompted case."),
     Setting("http.host", "127.0.0.1", "Address of /healthz and /metrics."),
     Setting("http.port", 8780, "Port of /healthz and /metrics (0: any free port)."),
     Setting("log.level", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR."),

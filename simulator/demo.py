@@ -50,7 +50,7 @@ def run(say=print) -> list[dict]:
             province = Province(work / "province.db", APP_KEY, APP_SECRET).start()
             config = settings.load(None, {
                 "gateway.hall": HALL, "mqtt.port": broker.port, "store.path": str(work / "gateway.db"),
-                "http.port": 0, "upstream.url": province.url, "upstream.app_key": APP_KEY,
+                "http.port": 0, "api.port": 0, "upstream.url": province.url, "upstream.app_key": APP_KEY,
                 "upstream.app_secret": APP_SECRET, "upstream.area_code": "361102"})
             gateway = Gateway(config).start()
             device = SimDevice(work / "evaluator", firmware_tree(work), DEVICE, HALL, broker.port)

@@ -76,7 +76,7 @@ def run(firmware: Path, heapsize: str = "192K", cycles: int = 2000, offline: int
 
 
 def _run(firmware, heapsize, cycles, offline, say, work: Path, broker: Broker) -> SoakResult:
-    config = settings.load(None, {"gateway.hall": HALL, "mqtt.port": broker.port, "http.port": 0,
+    config = settings.load(None, {"gateway.hall": HALL, "mqtt.port": broker.port, "http.port": 0, "api.port": 0,
                                   "store.path": str(work / "gateway.db")})
     gateway = Gateway(config).start()
     watcher = _Watcher(broker.port)

@@ -29,6 +29,7 @@ def wait_until(predicate, timeout: float = 20.0, what: str = "condition", interv
 
 def gateway_config(broker_port: int, db_path, province_url: str = "", **overrides) -> dict:
     values = {"gateway.hall": HALL, "mqtt.port": broker_port, "store.path": str(db_path), "http.port": 0,
+              "api.port": 0,
               "upstream.url": province_url, "upstream.app_key": APP_KEY, "upstream.app_secret": APP_SECRET,
               "upstream.area_code": "361102", "upstream.backoff_base_s": 0.05, "upstream.backoff_max_s": 0.5,
               "upstream.timeout_s": 2.0}

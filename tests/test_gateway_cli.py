@@ -76,7 +76,7 @@ def health(port: int) -> tuple[int, dict]:
 def test_unreachable_broker_is_reported_and_the_gateway_connects_when_it_appears(tmp_path):
     broker_port, http_port = free_port(), free_port()
     gateway = GatewayProcess(tmp_path, {"mqtt.port": broker_port, "store.path": str(tmp_path / "g.db"),
-                                        "http.port": http_port}).start()
+                                        "http.port": http_port, "api.port": 0}).start()
     try:
         wait_until(lambda: "cannot reach the broker" in gateway.log_path.read_text(errors="replace"),
                    what="the broker error in the log")

@@ -44,7 +44,7 @@ def check_delivered_exactly_once(devices, province, db_path, total: int) -> None
 
 def gateway_values(tmp_path, broker, province) -> dict:
     return {"gateway.hall": HALL, "mqtt.port": broker.port, "store.path": str(tmp_path / "gateway.db"),
-            "http.port": 0, "upstream.url": province.url, "upstream.app_key": APP_KEY,
+            "http.port": 0, "api.port": 0, "upstream.url": province.url, "upstream.app_key": APP_KEY,
             "upstream.app_secret": APP_SECRET, "upstream.area_code": "361102", "upstream.backoff_base_s": 0.05,
             "upstream.backoff_max_s": 0.5, "upstream.batch_size": 50}
 

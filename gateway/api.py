@@ -1,0 +1,326 @@
+"""The case API (what a window's business or queue system calls) and the citizens' rating pages.
+
+/api/v1/...   JSON, Bearer key (api.keys holds their SHA-256), versioned paths, OpenAPI at /api/v1/openapi.json
+/r/{token}    the page a case's QR code opens: rate once, no login, no JavaScript
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import json
+import logging
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+from gateway import cases, prompts, ratings
+from protocol import codec
+
+log = logging.getLogger("gateway.api")
+MAX_BODY = 16 * 1024
+_CASE_REF = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
+
+
+class ApiError(Exception):
+    """An HTTP error with a status and a message a caller can act on."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def mask_name(name: str) -> str:
+    """张三 -> 张*, 李小华 -> 李*华: enough for the citizen to recognise the case, no more."""
+    name = name.strip()
+    if len(name) <= 2:
+        return name[:1] + "*" if name else ""
+    return name[0] + "*" * (len(name) - 2) + name[-1]
+
+
+class Api:
+    def __init__(self, gateway):
+        self.gateway = gateway
+        config = gateway.config
+        self.keys = [k.lower() for k in config["api.keys"]]
+        handler = type("Handler", (_Handler,), {"api": self})
+        self.server = ThreadingHTTPServer((config["api.host"], config["api.port"]), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="api", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # ---- the case API ----
+
+    def authorise(self, header: str | None) -> None:
+        key = header[7:] if header and header.startswith("Bearer ") else None
+        if not key or not any(hmac.compare_digest(hash_key(key), k) for k in self.keys):
+            raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY)")
+
+    def finish_case(self, body: dict) -> dict:
+        g = self.gateway
+        case = _case_from(body, g.clock.now())
+        device = body.get("device") or self._device_of_window(case["window_no"])
+        case["dev"] = device
+        token = g.writer.call(lambda conn: cases.finish_case(conn, case, g.calendar,
+                                                              g.config["cases.rating_window_days"], g.clock.now()),
+                              needs_space=True)
+        url = g.config["api.public_url"].rstrip("/") + "/r/" + token
+        state = self.case_state(case["case_ref"])
+        online = device is not None and self._online(device)
+        prompted = False
+        if device is not None and state["state"] == "open":
+            text = (mask_name(body.get("applicant_name") or "") + "的 " if body.get("applicant_name") else "") \
+                + case["task_name"]
+            message = prompts.prompt(case["case_ref"], text[:64], url, g.config["cases.prompt_s"])
+            g.ingest.send(codec.topic(g.config["gateway.hall"], device, "prompt"), codec.encode(message))
+            prompted = online
+        return {**state, "url": url, "device": device, "device_online": online, "prompted": prompted}
+
+    def case_state(self, case_ref: str) -> dict:
+        row = self.gateway.reader.execute(
+            "SELECT c.case_ref, c.project_no, c.state, c.deadline, r.level, r.channel FROM cases c "
+            "LEFT JOIN ratings r ON r.case_ref = c.case_ref WHERE c.case_ref = ?", (case_ref,)).fetchone()
+        if row is None:
+            raise ApiError(404, f"no case {case_ref}")
+        keys = ("case_ref", "project_no", "state", "deadline", "level", "channel")
+        return dict(zip(keys, row))
+
+    def cancel_case(self, case_ref: str) -> dict:
+        g = self.gateway
+        state = self.case_state(case_ref)
+        if not g.writer.call(lambda conn: cases.cancel_case(conn, case_ref)):
+            raise ApiError(409, f"case {case_ref} is {state['state']}, not open")
+        device = g.reader.execute("SELECT dev FROM cases WHERE case_ref = ?", (case_ref,)).fetchone()[0]
+        if device:
+            g.ingest.send(codec.topic(g.config["gateway.hall"], device, "cancel"),
+                          codec.encode({"v": 1, "k": "cancel", "case": case_ref}))
+        return self.case_state(case_ref)
+
+    def _device_of_window(self, window_no: str) -> str | None:
+        row = self.gateway.reader.execute("SELECT dev FROM devices WHERE window_no = ? ORDER BY last_seen DESC",
+                                          (window_no,)).fetchone()
+        return row[0] if row else None
+
+    def _online(self, device: str) -> bool:
+        row = self.gateway.reader.execute("SELECT state FROM devices WHERE dev = ?", (device,)).fetchone()
+        return bool(row and row[0] == "online")
+
+    # ---- the citizen's page ----
+
+    def rate(self, token: str, form: dict) -> str:
+        level = (form.get("level") or [""])[0]
+        if level not in codec.LEVELS:
+            raise ApiError(400, "请选择满意程度")
+        reasons = [r for r in form.get("reason", []) if r in codec.REASON_CODES][:3] \
+            if level in codec.BAD_LEVELS else []
+        choice = {"level": level, "public": "private" not in form, "reasons": reasons,
+                  "comment": (form.get("comment") or [""])[0].strip()[:500]}
+        g = self.gateway
+        outcome = g.writer.call(lambda conn: cases.rate_by_token(conn, token, choice, g.clock.now(),
+                                                                  g.config["gateway.name"], g.calendar,
+                                                                  g.config["cases.followup_days"]), needs_space=True)
+        if outcome == ratings.STORED:  # rated by phone: the evaluator stops asking
+            case_ref, device = g.reader.execute("SELECT c.case_ref, c.dev FROM tokens t JOIN cases c "
+                                                "ON c.case_ref = t.case_ref WHERE t.token = ?", (token,)).fetchone()
+            if device:
+                g.ingest.send(codec.topic(g.config["gateway.hall"], device, "cancel"),
+                              codec.encode({"v": 1, "k": "cancel", "case": case_ref}))
+        return outcome
+
+    def page_case(self, token: str) -> tuple | None:
+        return self.gateway.reader.execute(
+            "SELECT c.case_ref, c.task_name, c.state, c.deadline FROM tokens t JOIN cases c ON c.case_ref = t.case_ref "
+            "WHERE t.token = ?", (token,)).fetchone()
+
+
+def _case_from(body: dict, now: float) -> dict:
+    required = ("project_no", "task_code", "task_name", "dept_code", "staff_no", "window_no")
+    for name in required:
+        if not isinstance(body.get(name), str) or not body[name].strip():
+            raise ApiError(400, f"{name} is required (text)", name)
+    if not _CASE_REF.match(body["project_no"]):
+        raise ApiError(400, "project_no: 1-50 of A-Z a-z 0-9 _ -", "project_no")
+    if len(body["dept_code"]) != 18:
+        raise ApiError(400, "dept_code: the 18-character unified social credit code", "dept_code")
+    if body.get("user_prop") not in (None, 1, 2):
+        raise ApiError(400, "user_prop: 1 natural person, 2 legal person", "user_prop")
+    finished_at = body.get("finished_at", now)
+    if not isinstance(finished_at, (int, float)) or finished_at > now + 300:
+        raise ApiError(400, "finished_at: Unix seconds, not in the future", "finished_at")
+    return {"case_ref": body["project_no"], "project_no": body["project_no"], "task_code": body["task_code"][:64],
+            "task_name": body["task_name"][:200], "dept_code": body["dept_code"],
+            "dept_name": (body.get("dept_name") or None), "staff_no": body["staff_no"][:30],
+            "window_no": body["window_no"][:30], "user_prop": body.get("user_prop"), "finished_at": float(finished_at)}
+
+
+OPENAPI = {
+    "openapi": "3.0.3",
+    "info": {"title": "hcp-gateway case API", "version": "1"},
+    "components": {"securitySchemes": {"key": {"type": "http", "scheme": "bearer"}}},
+    "security": [{"key": []}],
+    "paths": {
+        "/api/v1/cases": {"post": {
+            "summary": "Report a case finished (办结) at a window: records it and prompts that window's evaluator",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["project_no", "task_code", "task_name", "dept_code", "staff_no", "window_no"],
+                "properties": {"project_no": {"type": "string", "maxLength": 50, "description": "办件编号"},
+                               "task_code": {"type": "string"}, "task_name": {"type": "string"},
+                               "dept_code": {"type": "string", "minLength": 18, "maxLength": 18},
+                               "dept_name": {"type": "string"}, "staff_no": {"type": "string"},
+                               "window_no": {"type": "string"}, "device": {"type": "string"},
+                               "user_prop": {"type": "integer", "enum": [1, 2]},
+                               "applicant_name": {"type": "string", "description": "shown masked, never stored"},
+                               "finished_at": {"type": "number", "description": "Unix seconds; default now"}}}}}},
+            "responses": {"200": {"description": "the case, its rating URL, whether the evaluator was prompted"},
+                          "400": {"description": "bad input"}, "401": {"description": "no valid key"}}}},
+        "/api/v1/cases/{case_ref}": {"get": {
+            "summary": "A case's state: open, rated, defaulted, cancelled",
+            "parameters": [{"name": "case_ref", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the case"}, "404": {"description": "no such case"}}}},
+        "/api/v1/cases/{case_ref}/cancel": {"post": {
+            "summary": "Cancel an open case and withdraw its prompt",
+            "parameters": [{"name": "case_ref", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the case"}, "409": {"description": "not open"}}}},
+    },
+}
+
+PAGE_STYLE = """body{font-family:sans-serif;margin:0;padding:16px;max-width:480px;background:#f4f6fa;color:#222}
+h1{font-size:20px;color:#1f5fbf}label{display:block;margin:8px 0;padding:12px;border-radius:8px;background:#fff;
+font-size:18px}button{width:100%;padding:14px;font-size:18px;background:#1f5fbf;color:#fff;border:0;
+border-radius:8px}textarea{width:100%;box-sizing:border-box;height:80px}.small{font-size:14px;color:#666}"""
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'><meta name='viewport' "
+            f"content='width=device-width,initial-scale=1'><title>{html.escape(title)}</title>"
+            f"<style>{PAGE_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+
+
+def rating_form(task_name: str) -> str:
+    levels = "".join(f"<label><input type='radio' name='level' value='{name}' required> {label}</label>"
+                     for name, label in zip(codec.LEVELS, codec.LEVEL_LABELS))
+    reasons = "".join(f"<label class='small'><input type='checkbox' name='reason' value='{code}'> {label}</label>"
+                      for code, label in codec.REASONS)
+    return _page("请对本次服务进行评价", (
+        f"<p>{html.escape(task_name)}</p><form method='post'>{levels}"
+        f"<p class='small'>不满意时请选择原因(可多选):</p>{reasons}"
+        "<p><textarea name='comment' maxlength='500' placeholder='您的意见(选填)'></textarea></p>"
+        "<label class='small'><input type='checkbox' name='private'> 不公开我的评价</label>"
+        "<button type='submit'>提交评价</button></form>"))
+
+
+RESULT_PAGES = {
+    ratings.STORED: ("感谢您的评价", "您的评价已提交。"),
+    ratings.ALREADY_RATED: ("该办件已评价", "每个办件只能评价一次(一次一评),此次评价未计入。"),
+    ratings.DUPLICATE: ("该办件已评价", "每个办件只能评价一次(一次一评),此次评价未计入。"),
+    cases.EXPIRED: ("评价期限已过", "该办件的评价期限已过或已撤销。"),
+    cases.UNKNOWN: ("链接无效", "未找到该评价链接,请扫描窗口评价器上的二维码。"),
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    api: Api = None  # type: ignore[assignment]
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        self._route("GET")
+
+    def do_POST(self):  # noqa: N802
+        self._route("POST")
+
+    def _route(self, method: str) -> None:
+        try:
+            path = self.path.split("?", 1)[0]
+            if path.startswith("/api/"):
+                self.api.authorise(self.headers.get("Authorization"))
+                self._json(200, self._api(method, path))
+            elif path.startswith("/r/") and method == "GET":
+                self._citizen_page(path[3:])
+            elif path.startswith("/r/") and method == "POST":
+                outcome = self.api.rate(path[3:], parse_qs(self._body().decode(errors="replace")))
+                title, text = RESULT_PAGES[outcome]
+                self._html(200 if outcome == ratings.STORED else 409, _page(title, f"<p>{text}</p>"))
+            else:
+                raise ApiError(404, "no such path")
+        except ApiError as e:
+            if self.path.startswith("/r/"):
+                self._html(e.status, _page("提交未成功", f"<p>{html.escape(e.message)}</p>"))
+            else:
+                self._json(e.status, {"error": e.message, "field": e.field})
+        except Exception:  # noqa: BLE001 - a client gets a 500, the log gets the details
+            log.exception("request %s %s failed", method, self.path.split("?")[0][:80])
+            self._json(500, {"error": "internal error"})
+
+    def _api(self, method: str, path: str) -> dict:
+        parts = path.strip("/").split("/")  # api v1 cases [ref] [cancel]
+        if parts[:2] != ["api", "v1"]:
+            raise ApiError(404, "unknown API version; this gateway speaks /api/v1")
+        if parts[2:] == ["openapi.json"] and method == "GET":
+            return OPENAPI
+        if parts[2:] == ["cases"] and method == "POST":
+            return self.api.finish_case(self._json_body())
+        if len(parts) == 4 and parts[2] == "cases" and method == "GET":
+            return self.api.case_state(parts[3])
+        if len(parts) == 5 and parts[2] == "cases" and parts[4] == "cancel" and method == "POST":
+            return self.api.cancel_case(parts[3])
+        raise ApiError(404, "no such path")
+
+    def _citizen_page(self, token: str) -> None:
+        row = self.api.page_case(token)
+        if row is None:
+            title, text = RESULT_PAGES[cases.UNKNOWN]
+            return self._html(404, _page(title, f"<p>{text}</p>"))
+        _, task_name, state, deadline = row
+        if state in ("rated", "defaulted"):
+            title, text = RESULT_PAGES[ratings.ALREADY_RATED]
+            return self._html(200, _page(title, f"<p>{text}</p>"))
+        if state == "cancelled" or (deadline is not None and self.api.gateway.clock.now() >= deadline):
+            title, text = RESULT_PAGES[cases.EXPIRED]
+            return self._html(200, _page(title, f"<p>{text}</p>"))
+        self._html(200, rating_form(task_name))
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise ApiError(413, "request body too large")
+        return self.rfile.read(length)
+
+    def _json_body(self) -> dict:
+        try:
+            body = json.loads(self._body())
+        except ValueError:
+            raise ApiError(400, "the body must be JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        return body
+
+    def _json(self, status: int, body: dict) -> None:
+        self._send(status, "application/json; charset=utf-8", json.dumps(body, ensure_ascii=False).encode())
+
+    def _html(self, status: int, page: str) -> None:
+        self._send(status, "text/html; charset=utf-8", page.encode())
+
+    def _send(self, status: int, content_type: str, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format, *args):  # noqa: A002 - request lines carry tokens; keep them out of logs
+        pass
