@@ -11,7 +11,9 @@ import html
 import json
 import logging
 import re
+import secrets
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
@@ -108,6 +110,85 @@ class Api:
                           codec.encode({"v": 1, "k": "cancel", "case": case_ref}))
         return self.case_state(case_ref)
 
+    # ---- the device registry and its configuration ----
+
+    def devices(self) -> dict:
+        cursor = self.gateway.reader.execute(
+            "SELECT dev, hall, window_no, dept_code, dept_name, staff_no, state, fw, boot, uptime_s, heap, rssi, "
+            "outbox, last_error, config_ver, config_sent, last_seen FROM devices ORDER BY dev")
+        columns = [d[0] for d in cursor.description]
+        return {"devices": [dict(zip(columns, row)) for row in cursor.fetchall()]}
+
+    def register(self, dev: str, body: dict) -> dict:
+        if codec.DEVICE(dev):
+            raise ApiError(400, "device id: 1-32 of A-Z a-z 0-9 _ -", "dev")
+        fields = ("window_no", "dept_code", "dept_name", "staff_no")
+        for name in fields:
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise ApiError(400, f"{name} must be text", name)
+        if body.get("dept_code") and len(body["dept_code"]) != 18:
+            raise ApiError(400, "dept_code: the 18-character unified social credit code", "dept_code")
+        hall = self.gateway.config["gateway.hall"]
+        values = [body.get(name) for name in fields]
+        self.gateway.writer.call(lambda conn: conn.execute(
+            "INSERT INTO devices (dev, hall, window_no, dept_code, dept_name, staff_no) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (dev) DO UPDATE SET window_no = coalesce(excluded.window_no, window_no), "
+            "dept_code = coalesce(excluded.dept_code, dept_code), dept_name = coalesce(excluded.dept_name, "
+            "dept_name), staff_no = coalesce(excluded.staff_no, staff_no)", (dev, hall, *values)))
+        return self._device(dev)
+
+    def configure(self, dev: str, body: dict) -> dict:
+        """Push a configuration (retained): the next version, with the window's standing QR filled in."""
+        g = self.gateway
+        registered = self._device(dev)
+        previous = json.loads(registered["config"] or "{}")
+        message = {**{k: v for k, v in previous.items() if k not in ("v", "k", "ver")}, **body,
+                   "v": 1, "k": "config", "ver": (registered["config_sent"] or 0) + 1}
+        if registered["window_no"] and "idle_qr" not in body:
+            url = g.config["api.public_url"].rstrip("/") + "/w/" + registered["window_no"]
+            message["idle_qr"] = prompts.qr_matrix(url)
+        try:
+            payload = codec.encode(message)
+        except codec.ProtocolError as e:
+            raise ApiError(400, f"config: {e}", e.field) from None
+        g.writer.call(lambda conn: conn.execute("UPDATE devices SET config = ?, config_sent = ? WHERE dev = ?",
+                                                (payload.decode(), message["ver"], dev)))
+        g.ingest.send(codec.topic(g.config["gateway.hall"], dev, "config"), payload, retain=True)
+        return self._device(dev)
+
+    def _device(self, dev: str) -> dict:
+        for device in self.devices()["devices"]:
+            if device["dev"] == dev:
+                config = self.gateway.reader.execute("SELECT config FROM devices WHERE dev = ?", (dev,)).fetchone()
+                return {**device, "config": config[0]}
+        raise ApiError(404, f"no device {dev}")
+
+    def window_page(self, window_no: str) -> str:
+        """Where a window's standing QR leads: its latest open case, or a rating of the window itself."""
+        row = self.gateway.reader.execute(
+            "SELECT t.token FROM cases c JOIN tokens t ON t.case_ref = c.case_ref WHERE c.window_no = ? "
+            "AND c.state = 'open' ORDER BY c.finished_at DESC LIMIT 1", (window_no,)).fetchone()
+        if row:
+            return "/r/" + row[0]
+        device = self._device_of_window(window_no)
+        if device is None:
+            raise ApiError(404, "没有这个窗口")
+        return "/w/" + urllib.parse.quote(window_no) + "/rate"
+
+    def rate_window(self, window_no: str, form: dict) -> str:
+        choice = _choice(form)
+        device = self._device_of_window(window_no)
+        if device is None:
+            raise ApiError(404, "没有这个窗口")
+        g = self.gateway
+        now = g.clock.now()
+        rating = {"origin": device, "rid": secrets.token_hex(8), "channel": "qr", "boot": None, "seq": None,
+                  "case_ref": None, "level": choice["level"], "public": int(choice["public"]),
+                  "reasons": ",".join(choice["reasons"]) or None, "comment": choice["comment"] or None,
+                  "device_time": None, "received_at": now, "assessed_at": now}
+        return g.writer.call(lambda conn: ratings.store(conn, rating, g.calendar, g.config["cases.followup_days"]),
+                             needs_space=True)
+
     def _device_of_window(self, window_no: str) -> str | None:
         row = self.gateway.reader.execute("SELECT dev FROM devices WHERE window_no = ? ORDER BY last_seen DESC",
                                           (window_no,)).fetchone()
@@ -120,13 +201,7 @@ class Api:
     # ---- the citizen's page ----
 
     def rate(self, token: str, form: dict) -> str:
-        level = (form.get("level") or [""])[0]
-        if level not in codec.LEVELS:
-            raise ApiError(400, "请选择满意程度")
-        reasons = [r for r in form.get("reason", []) if r in codec.REASON_CODES][:3] \
-            if level in codec.BAD_LEVELS else []
-        choice = {"level": level, "public": "private" not in form, "reasons": reasons,
-                  "comment": (form.get("comment") or [""])[0].strip()[:500]}
+        choice = _choice(form)
         g = self.gateway
         outcome = g.writer.call(lambda conn: cases.rate_by_token(conn, token, choice, g.clock.now(),
                                                                   g.config["gateway.name"], g.calendar,
@@ -143,6 +218,16 @@ class Api:
         return self.gateway.reader.execute(
             "SELECT c.case_ref, c.task_name, c.state, c.deadline FROM tokens t JOIN cases c ON c.case_ref = t.case_ref "
             "WHERE t.token = ?", (token,)).fetchone()
+
+
+def _choice(form: dict) -> dict:
+    """What the citizen chose on the page."""
+    level = (form.get("level") or [""])[0]
+    if level not in codec.LEVELS:
+        raise ApiError(400, "请选择满意程度")
+    reasons = [r for r in form.get("reason", []) if r in codec.REASON_CODES][:3] if level in codec.BAD_LEVELS else []
+    return {"level": level, "public": "private" not in form, "reasons": reasons,
+            "comment": (form.get("comment") or [""])[0].strip()[:500]}
 
 
 def _case_from(body: dict, now: float) -> dict:
@@ -190,6 +275,21 @@ OPENAPI = {
             "summary": "A case's state: open, rated, defaulted, cancelled",
             "parameters": [{"name": "case_ref", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": {"description": "the case"}, "404": {"description": "no such case"}}}},
+        "/api/v1/devices": {"get": {"summary": "The device registry with each device's last status",
+                                    "responses": {"200": {"description": "the devices"}}}},
+        "/api/v1/devices/{dev}": {"put": {
+            "summary": "Register a device or change its window, department or staff on duty",
+            "parameters": [{"name": "dev", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                "window_no": {"type": "string"}, "dept_code": {"type": "string"}, "dept_name": {"type": "string"},
+                "staff_no": {"type": "string"}}}}}},
+            "responses": {"200": {"description": "the device"}, "400": {"description": "bad input"}}}},
+        "/api/v1/devices/{dev}/config": {"put": {
+            "summary": "Push a configuration (protocol kind config: staff, texts, timeouts, press policy, "
+                       "reasons); the device reports the version it applied as config_ver",
+            "parameters": [{"name": "dev", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the device, config_sent is the new version"},
+                          "400": {"description": "not a valid config"}, "404": {"description": "no such device"}}}},
         "/api/v1/cases/{case_ref}/cancel": {"post": {
             "summary": "Cancel an open case and withdraw its prompt",
             "parameters": [{"name": "case_ref", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -242,12 +342,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         self._route("POST")
 
+    def do_PUT(self):  # noqa: N802
+        self._route("PUT")
+
     def _route(self, method: str) -> None:
         try:
             path = self.path.split("?", 1)[0]
             if path.startswith("/api/"):
                 self.api.authorise(self.headers.get("Authorization"))
                 self._json(200, self._api(method, path))
+            elif path.startswith("/w/"):
+                self._window(method, urllib.parse.unquote(path[3:]))
             elif path.startswith("/r/") and method == "GET":
                 self._citizen_page(path[3:])
             elif path.startswith("/r/") and method == "POST":
@@ -257,7 +362,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 raise ApiError(404, "no such path")
         except ApiError as e:
-            if self.path.startswith("/r/"):
+            if self.path.startswith(("/r/", "/w/")):
                 self._html(e.status, _page("提交未成功", f"<p>{html.escape(e.message)}</p>"))
             else:
                 self._json(e.status, {"error": e.message, "field": e.field})
@@ -277,7 +382,32 @@ class _Handler(BaseHTTPRequestHandler):
             return self.api.case_state(parts[3])
         if len(parts) == 5 and parts[2] == "cases" and parts[4] == "cancel" and method == "POST":
             return self.api.cancel_case(parts[3])
+        if parts[2:] == ["devices"] and method == "GET":
+            return self.api.devices()
+        if len(parts) == 4 and parts[2] == "devices" and method == "PUT":
+            return self.api.register(parts[3], self._json_body())
+        if len(parts) == 5 and parts[2] == "devices" and parts[4] == "config" and method == "PUT":
+            return self.api.configure(parts[3], self._json_body())
         raise ApiError(404, "no such path")
+
+    def _window(self, method: str, rest: str) -> None:
+        window_no, _, action = rest.partition("/")
+        if method == "GET" and not action:
+            location = self.api.window_page(window_no)
+            self.send_response(303)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif method == "GET" and action == "rate":
+            if self.api._device_of_window(window_no) is None:
+                raise ApiError(404, "没有这个窗口")
+            self._html(200, rating_form(f"窗口 {window_no}"))
+        elif method == "POST" and action == "rate":
+            outcome = self.api.rate_window(window_no, parse_qs(self._body().decode(errors="replace")))
+            title, text = RESULT_PAGES[outcome]
+            self._html(200, _page(title, f"<p>{text}</p>"))
+        else:
+            raise ApiError(404, "no such path")
 
     def _citizen_page(self, token: str) -> None:
         row = self.api.page_case(token)

@@ -93,6 +93,10 @@ CREATE TABLE tokens (                               -- one per case: the citizen
     token TEXT PRIMARY KEY, case_ref TEXT NOT NULL UNIQUE, created_at REAL NOT NULL
 );
 """),
+    ("device configuration", """
+ALTER TABLE devices ADD COLUMN config TEXT;         -- the retained config last pushed (JSON); its ver is config_sent
+ALTER TABLE devices ADD COLUMN config_sent INTEGER;
+"""),
 ]
 
 

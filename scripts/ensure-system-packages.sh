@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests, the demo and the firmware build need, when they are missing:
-# Mosquitto (the broker and its command-line clients) and a CJK font. Exits non-zero with a clear message otherwise.
+# Mosquitto (the broker and its command-line clients), a CJK font and Chromium. Exits non-zero with a clear message otherwise.
 set -euo pipefail
 
 missing=()
@@ -9,6 +9,8 @@ have mosquitto || missing+=(mosquitto)
 have mosquitto_sub || missing+=(mosquitto-clients)
 # A CJK font for the device's glyphs (make firmware renders them from it).
 [ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || missing+=(fonts-wqy-zenhei)
+# Headless Chromium for the citizen's rating page tests (driven by Playwright, never its own download).
+have chromium || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "Installing system packages: ${missing[*]}"

@@ -111,7 +111,7 @@ def _cycles(device: SimDevice, gateway: Gateway, watcher: "_Watcher", cycles: in
             device.unplug()
         if first_half <= n < first_half + offline:
             before = device.last_frame
-            device.press(n % 3, hold_ms=20)
+            device.press(n % 3, hold_ms=100)
             device.wait_frame("thanks", after=before)
             time.sleep(TUNING["mash_guard_ms"] / 1000 + 0.02)
             continue
@@ -125,7 +125,7 @@ def _cycles(device: SimDevice, gateway: Gateway, watcher: "_Watcher", cycles: in
         gateway.ingest.client.publish(codec.topic(HALL, DEVICE, "prompt"), _prompt(case), qos=1)
         device.wait_frame("prompt", after=before)
         before = device.last_frame
-        pressed = device.press(n % 3, hold_ms=20)
+        pressed = device.press(n % 3, hold_ms=100)
         chosen = device.wait_frame("chosen", after=before)
         result.feedback_ms.append((chosen["host_t"] - pressed) * 1000)
         result.ack_ms.append((watcher.wait_ack() - pressed) * 1000)

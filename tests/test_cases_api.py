@@ -171,3 +171,41 @@ def test_a_case_nobody_rates_gets_its_default_rating_on_the_right_working_day(ga
 
 def test_names_are_masked():
     assert [mask_name(n) for n in ("张三", "张三丰", "欧阳娜娜", "")] == ["张*", "张*丰", "欧**娜", ""]
+
+
+def test_device_registry_and_config_push_with_the_windows_standing_qr(api_gateway, sim_device):
+    gateway = api_gateway()
+    status, answer = call(gateway, "PUT", "/api/v1/devices/W02", {"window_no": "B07", "dept_code": DEPT,
+                                                                 "staff_no": "N0999"})
+    assert status == 200 and json.loads(answer)["window_no"] == "B07"
+    assert call(gateway, "PUT", "/api/v1/devices/W02", {"dept_code": "short"})[0] == 400
+    device = sim_device("W01")
+    wait_until(lambda: gateway.api._online("W01"), what="the evaluator online")
+    before = device.last_frame
+    status, answer = call(gateway, "PUT", "/api/v1/devices/W01/config",
+                          {"hall": "信州区政务服务中心", "window": "A01", "staff": "李*华", "staff_no": "N0321"})
+    assert status == 200 and json.loads(answer)["config_sent"] == 1
+    assert call(gateway, "PUT", "/api/v1/devices/W01/config", {"policy": "sometimes"})[0] == 400
+    device.wait_frame("idle", after=before)
+    wait_until(lambda: [d for d in json.loads(call(gateway, "GET", "/api/v1/devices")[1])["devices"]
+                        if d["dev"] == "W01"][0]["config_ver"] == 1, what="the device's acknowledgement")
+    [standing] = zxingcpp.read_barcodes(device.screenshot())
+    assert standing.text == gateway.config["api.public_url"] + "/w/A01"
+    assert call(gateway, "GET", "/api/v1/devices", key=None)[0] == 401
+
+
+def test_the_standing_qr_rates_the_latest_open_case_or_the_window(api_gateway, province):
+    gateway = api_gateway()
+    status, page = call(gateway, "GET", "/w/A01", key=None)  # no open case: rate the window itself
+    assert status == 200 and "窗口 A01" in page
+    assert call(gateway, "POST", "/w/A01/rate", key=None, form={"level": "satisfied"})[0] == 200
+    case = json.loads(call(gateway, "POST", "/api/v1/cases", case_body())[1])
+    status, page = call(gateway, "GET", "/w/A01", key=None)  # followed to the case's own page
+    assert status == 200 and "不动产登记" in page
+    token = case["url"].rsplit("/", 1)[1]
+    assert call(gateway, "POST", f"/r/{token}", key=None, form={"level": "basic"})[0] == 200
+    wait_until(lambda: province.count() == 2, what="both ratings at the province")
+    by_case = {r.get("projectNo"): r for r in province.records()}
+    assert (by_case[None]["windowNo"], by_case[None]["pf"]) == ("A01", "3")
+    assert by_case["3611022026112900017"]["satisfaction"] == 3
+    assert call(gateway, "GET", "/w/Z99", key=None)[0] == 404

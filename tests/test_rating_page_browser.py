@@ -1,0 +1,68 @@
+"""The citizen's rating page in real headless Chromium (Debian's package, driven by Playwright): open the
+URL decoded from the evaluator's QR code on a phone-sized screen, rate, see the confirmation; a second
+attempt is refused."""
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+
+import pytest
+import zxingcpp
+from playwright.sync_api import sync_playwright
+
+from gateway.api import hash_key
+from simulator.broker import free_port
+from tests.helpers import DEPT, register_device, wait_until
+
+KEY = "window-system-key-0123456789"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture
+def browser():
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is installed by make test (scripts/ensure-system-packages.sh)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def test_rating_by_phone_from_the_evaluators_qr(gateway_factory, sim_device, province, browser):
+    port = free_port()
+    gateway = gateway_factory(province.url, **{"api.keys": [hash_key(KEY)], "api.port": port,
+                                               "api.public_url": f"http://127.0.0.1:{port}"})
+    register_device(gateway.writer, "W01", window_no="A01")
+    device = sim_device("W01")
+    wait_until(lambda: gateway.api._online("W01"), what="the evaluator online")
+    before = device.last_frame
+    body = {"project_no": "3611022026112900099", "task_code": "361100-000-XK-001", "task_name": "不动产登记",
+            "dept_code": DEPT, "staff_no": "N0321", "window_no": "A01"}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/cases", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Authorization": f"Bearer {KEY}",
+                                                             "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        case = json.loads(response.read())
+    device.wait_frame("prompt", after=before)
+    [decoded] = zxingcpp.read_barcodes(device.screenshot())  # the citizen scans the screen
+    assert decoded.text == case["url"]
+
+    phone = browser.new_page(viewport={"width": 360, "height": 740}, device_scale_factor=2, is_mobile=True)
+    phone.goto(decoded.text)
+    assert phone.title() == "请对本次服务进行评价"
+    phone.get_by_label("不满意", exact=True).check()
+    phone.get_by_label("办事效率低").check()
+    phone.get_by_placeholder("您的意见(选填)").fill("材料退回了两次")
+    phone.get_by_role("button", name="提交评价").click()
+    phone.wait_for_load_state()
+    assert "感谢您的评价" in phone.content()
+
+    phone.goto(decoded.text)  # again, from the same QR
+    assert "该办件已评价" in phone.content()
+    assert phone.get_by_role("button", name="提交评价").count() == 0
+    device.wait_frame("idle", after=before)  # rated by phone: the evaluator stopped asking
+    wait_until(lambda: province.count() == 1, what="the rating at the province")
+    record = province.records()[0]
+    assert (record["pf"], record["satisfaction"], record["evalDetail"]) == ("3", 2, "502")
