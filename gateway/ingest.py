@@ -36,6 +36,7 @@ class Ingest:
         self.clock = clock
         self.calendar = calendar
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker confirmed the subscription (and so the session)
         self.paused = False
         self.counts = defaultdict(int)  # stored, duplicate, already_rated, rejected, status, refused
         # What the current batch releases once committed: (device, rating id, topic, payload, mid) where a
@@ -61,6 +62,7 @@ class Ingest:
         client.max_inflight_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = lambda *args: self.subscribed.set()
         client.on_message = self._on_message
         return client
 
@@ -162,6 +164,7 @@ class Ingest:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self.connected.clear()
+        self.subscribed.clear()
         if not (self.paused or self._stop.is_set()):
             log.warning("lost the broker (%s); reconnecting", reason_code)
 

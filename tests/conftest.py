@@ -40,6 +40,8 @@ def gateway_factory(tmp_path, broker):
         config = gateway_config(broker.port, tmp_path / "gateway.db", province_url, **overrides)
         gateway = Gateway(config, clock).start()
         started.append(gateway)
+        # Until the gateway's subscription exists, the broker has no session to keep ratings in.
+        assert gateway.ingest.subscribed.wait(10), "the gateway did not subscribe"
         return gateway
 
     yield start
