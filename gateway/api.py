@@ -73,14 +73,14 @@ class Api:
     def finish_case(self, body: dict) -> dict:
         g = self.gateway
         case = _case_from(body, g.clock.now())
-        device = body.get("device") or self._device_of_window(case["window_no"])
+        device = body.get("device") or self.device_of_window(case["window_no"])
         case["dev"] = device
         token = g.writer.call(lambda conn: cases.finish_case(conn, case, g.calendar,
                                                               g.config["cases.rating_window_days"], g.clock.now()),
                               needs_space=True)
         url = g.config["api.public_url"].rstrip("/") + "/r/" + token
         state = self.case_state(case["case_ref"])
-        online = device is not None and self._online(device)
+        online = device is not None and self.device_online(device)
         prompted = False
         if device is not None and state["state"] == "open":
             text = (mask_name(body.get("applicant_name") or "") + "的 " if body.get("applicant_name") else "") \
@@ -112,10 +112,11 @@ class Api:
 
     # ---- the device registry and its configuration ----
 
-    def devices(self) -> dict:
+    def devices(self, dev: str | None = None) -> dict:
         cursor = self.gateway.reader.execute(
             "SELECT dev, hall, window_no, dept_code, dept_name, staff_no, state, fw, boot, uptime_s, heap, rssi, "
-            "outbox, last_error, config_ver, config_sent, last_seen FROM devices ORDER BY dev")
+            "outbox, last_error, config_ver, config_sent, config, last_seen FROM devices "
+            "WHERE ? IS NULL OR dev = ? ORDER BY dev", (dev, dev))
         columns = [d[0] for d in cursor.description]
         return {"devices": [dict(zip(columns, row)) for row in cursor.fetchall()]}
 
@@ -157,11 +158,10 @@ class Api:
         return self._device(dev)
 
     def _device(self, dev: str) -> dict:
-        for device in self.devices()["devices"]:
-            if device["dev"] == dev:
-                config = self.gateway.reader.execute("SELECT config FROM devices WHERE dev = ?", (dev,)).fetchone()
-                return {**device, "config": config[0]}
-        raise ApiError(404, f"no device {dev}")
+        found = self.devices(dev)["devices"]
+        if not found:
+            raise ApiError(404, f"no device {dev}")
+        return found[0]
 
     def window_page(self, window_no: str) -> str:
         """Where a window's standing QR leads: its latest open case, or a rating of the window itself."""
@@ -170,14 +170,14 @@ class Api:
             "AND c.state = 'open' ORDER BY c.finished_at DESC LIMIT 1", (window_no,)).fetchone()
         if row:
             return "/r/" + row[0]
-        device = self._device_of_window(window_no)
+        device = self.device_of_window(window_no)
         if device is None:
             raise ApiError(404, "没有这个窗口")
         return "/w/" + urllib.parse.quote(window_no) + "/rate"
 
     def rate_window(self, window_no: str, form: dict) -> str:
         choice = _choice(form)
-        device = self._device_of_window(window_no)
+        device = self.device_of_window(window_no)
         if device is None:
             raise ApiError(404, "没有这个窗口")
         g = self.gateway
@@ -189,12 +189,12 @@ class Api:
         return g.writer.call(lambda conn: ratings.store(conn, rating, g.calendar, g.config["cases.followup_days"]),
                              needs_space=True)
 
-    def _device_of_window(self, window_no: str) -> str | None:
+    def device_of_window(self, window_no: str) -> str | None:
         row = self.gateway.reader.execute("SELECT dev FROM devices WHERE window_no = ? ORDER BY last_seen DESC",
                                           (window_no,)).fetchone()
         return row[0] if row else None
 
-    def _online(self, device: str) -> bool:
+    def device_online(self, device: str) -> bool:
         row = self.gateway.reader.execute("SELECT state FROM devices WHERE dev = ?", (device,)).fetchone()
         return bool(row and row[0] == "online")
 
@@ -399,7 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
         elif method == "GET" and action == "rate":
-            if self.api._device_of_window(window_no) is None:
+            if self.api.device_of_window(window_no) is None:
                 raise ApiError(404, "没有这个窗口")
             self._html(200, rating_form(f"窗口 {window_no}"))
         elif method == "POST" and action == "rate":

@@ -57,9 +57,6 @@ class Profile:
     def satisfaction(self, level: str) -> int:
         return DIRECTIONS[self.direction][LEVELS.index(level)]
 
-    def level_of(self, satisfaction: int) -> str:
-        return LEVELS[DIRECTIONS[self.direction].index(satisfaction)]
-
     def assess_time(self, epoch_seconds: int) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch_seconds + self.utc_offset_minutes * 60))
 

@@ -71,7 +71,7 @@ def test_the_api_needs_a_key_and_explains_bad_input(api_gateway):
 def test_a_finished_case_prompts_its_window_and_is_rated_once(api_gateway, sim_device, province):
     gateway = api_gateway()
     device = sim_device("W01")
-    wait_until(lambda: gateway.api._online("W01"), what="the evaluator online")
+    wait_until(lambda: gateway.api.device_online("W01"), what="the evaluator online")
     before = device.last_frame
     sent = time.monotonic()
     status, answer = call(gateway, "POST", "/api/v1/cases", case_body())
@@ -135,7 +135,7 @@ def test_unknown_tokens_and_missing_levels_are_refused(api_gateway):
 def test_a_cancelled_case_withdraws_its_prompt(api_gateway, sim_device):
     gateway = api_gateway()
     device = sim_device("W01")
-    wait_until(lambda: gateway.api._online("W01"), what="the evaluator online")
+    wait_until(lambda: gateway.api.device_online("W01"), what="the evaluator online")
     before = device.last_frame
     case = json.loads(call(gateway, "POST", "/api/v1/cases", case_body())[1])
     device.wait_frame("prompt", after=before)
@@ -180,7 +180,7 @@ def test_device_registry_and_config_push_with_the_windows_standing_qr(api_gatewa
     assert status == 200 and json.loads(answer)["window_no"] == "B07"
     assert call(gateway, "PUT", "/api/v1/devices/W02", {"dept_code": "short"})[0] == 400
     device = sim_device("W01")
-    wait_until(lambda: gateway.api._online("W01"), what="the evaluator online")
+    wait_until(lambda: gateway.api.device_online("W01"), what="the evaluator online")
     before = device.last_frame
     status, answer = call(gateway, "PUT", "/api/v1/devices/W01/config",
                           {"hall": "信州区政务服务中心", "window": "A01", "staff": "李*华", "staff_no": "N0321"})
