@@ -12,12 +12,12 @@ import json
 import logging
 import re
 import secrets
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
 
 from gateway import cases, prompts, ratings
+from gateway.httpservice import HttpService
 from protocol import codec
 
 log = logging.getLogger("gateway.api")
@@ -45,23 +45,12 @@ def mask_name(name: str) -> str:
     return name[0] + "*" * (len(name) - 2) + name[-1]
 
 
-class Api:
+class Api(HttpService):
     def __init__(self, gateway):
         self.gateway = gateway
         config = gateway.config
         self.keys = [k.lower() for k in config["api.keys"]]
-        handler = type("Handler", (_Handler,), {"api": self})
-        self.server = ThreadingHTTPServer((config["api.host"], config["api.port"]), handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, name="api", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__("api", config["api.host"], config["api.port"], _Handler, api=self)
 
     # ---- the case API ----
 

@@ -3,28 +3,18 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from gateway.httpservice import HttpService
 
 log = logging.getLogger("gateway.monitor")
 
 
-class Monitor:
+class Monitor(HttpService):
     """Serves the gateway's health and figures; `gateway` is the running service.Gateway."""
 
     def __init__(self, host: str, port: int, gateway):
-        handler = type("Handler", (_Handler,), {"gateway": gateway})
-        self.server = ThreadingHTTPServer((host, port), handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, name="monitor", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__("monitor", host, port, _Handler, gateway=gateway)
 
 
 class _Handler(BaseHTTPRequestHandler):
