@@ -1,0 +1,89 @@
+"""hcp-flash deploy against a real MicroPython raw REPL: the unix port on a pseudo-terminal bridged to TCP
+(pyserial's socket:// URL), its working directory playing the board's flash."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from flasher import deploy
+from flasher.cli import main as hcp_flash
+from flasher.repl import RawRepl, ReplError
+from simulator.serialboard import SerialBoard
+from tests.helpers import HALL, wait_until
+
+
+@pytest.fixture
+def board(tmp_path):
+    running = SerialBoard(tmp_path / "flash").start()
+    yield running
+    running.stop()
+
+
+def test_deploy_verifies_then_sends_only_what_changed(board, firmware_tree, tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(firmware_tree, tree)
+    (board.flash / "site.json").write_text('{"device": "W01"}')  # the device's own data
+    (board.flash / "old_module.mpy").write_bytes(b"gone in this release")
+    repl = RawRepl(board.url)
+    first = deploy.deploy(repl, tree)
+    assert sorted(first.sent) == sorted(deploy.local_files(tree)) and first.removed == ["old_module.mpy"]
+    for name, path in deploy.local_files(tree).items():
+        assert hashlib.sha256((board.flash / name).read_bytes()).digest() == hashlib.sha256(path.read_bytes()).digest()
+    assert (board.flash / "site.json").read_text() == '{"device": "W01"}'
+
+    (tree / "screens.mpy").write_bytes((tree / "screens.mpy").read_bytes() + b"\0")  # a new build of one file
+    second = deploy.deploy(repl, tree)
+    assert second.sent == ["screens.mpy"] and second.removed == []
+    assert len(second.unchanged) == len(first.sent) - 1
+    repl.close()
+
+
+def test_an_interrupted_deploy_is_finished_by_a_rerun(board, firmware_tree):
+    repl = RawRepl(board.url)
+
+    def pull_the_cable(name, done, total):
+        if name == "font.bin" and done > 40000:
+            raise KeyboardInterrupt  # midway through the largest file
+
+    with pytest.raises(KeyboardInterrupt):
+        deploy.deploy(repl, firmware_tree, pull_the_cable)
+    assert (board.flash / "font.bin.part").exists() and not (board.flash / "font.bin").exists()
+    repl.close()
+    again = RawRepl(board.url)
+    result = deploy.deploy(again, firmware_tree)
+    assert "font.bin.part" in result.removed and "font.bin" in result.sent
+    assert not (board.flash / "font.bin.part").exists()
+    assert deploy.remote_files(again) == {n: hashlib.sha256(p.read_bytes()).hexdigest()
+                                         for n, p in deploy.local_files(firmware_tree).items()}
+    again.close()
+
+
+def test_deployed_firmware_boots_and_comes_online(board, firmware_tree, broker, gateway_factory):
+    gateway = gateway_factory()
+    (board.flash / "site.json").write_text(json.dumps({"device": "W07", "hall": HALL, "broker": "127.0.0.1",
+                                                       "port": broker.port}))
+    result = CliRunner().invoke(hcp_flash, ["deploy", "--port", board.url, "--tree", str(firmware_tree)])
+    assert result.exit_code == 0, result.output
+    assert "rebooted" in result.output
+    wait_until(lambda: gateway.reader.execute("SELECT state FROM devices WHERE dev = 'W07'").fetchone() == ("online",),
+               timeout=30, what="the freshly deployed board online at the gateway")
+
+
+def test_clear_errors_for_a_missing_port_and_a_silent_one(tmp_path, firmware_tree):
+    result = CliRunner().invoke(hcp_flash, ["deploy", "--port", str(tmp_path / "ttyNONE"), "--tree",
+                                            str(firmware_tree)])
+    assert result.exit_code == 1 and "cannot open" in result.output and "Traceback" not in result.output
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()), daemon=True).start()  # says nothing
+    with pytest.raises(ReplError, match="no MicroPython raw REPL answered"):
+        RawRepl(f"socket://127.0.0.1:{silent.getsockname()[1]}", timeout=1.5).enter()
+    silent.close()
