@@ -87,3 +87,40 @@ def test_clear_errors_for_a_missing_port_and_a_silent_one(tmp_path, firmware_tre
     with pytest.raises(ReplError, match="no MicroPython raw REPL answered"):
         RawRepl(f"socket://127.0.0.1:{silent.getsockname()[1]}", timeout=1.5).enter()
     silent.close()
+
+
+def test_a_roster_batch_provisions_boards_and_reports_the_broken_one(tmp_path, firmware_tree, broker,
+                                                                       gateway_factory):
+    from gateway.api import hash_key
+
+    gateway = gateway_factory(**{"api.keys": [hash_key("technician-key")]})
+    boards = [SerialBoard(tmp_path / f"board{i}").start() for i in range(4)]
+    dead = socket.socket()  # a fifth board that never answers
+    dead.bind(("127.0.0.1", 0))
+    dead.listen(1)
+    kept = []
+    threading.Thread(target=lambda: kept.append(dead.accept()), daemon=True).start()
+    ports = [b.url for b in boards[:2]] + [f"socket://127.0.0.1:{dead.getsockname()[1]}"] + [b.url for b in boards[2:]]
+    roster = tmp_path / "roster.csv"
+    lines = ["device,hall,window,dept_code,staff_no,broker,broker_port,wifi_password,serial_port"]
+    for i, port in enumerate(ports):
+        lines.append(f"W1{i},{HALL},A1{i},{'11361100MB1234567X'},N10{i},127.0.0.1,{broker.port},s3cr3t-wifi,{port}")
+    roster.write_text("\n".join(lines) + "\n")
+    try:
+        result = CliRunner().invoke(hcp_flash, [
+            "batch", "--roster", str(roster), "--yes", "--tree", str(firmware_tree), "--wait", "30",
+            "--gateway", f"http://127.0.0.1:{gateway.api.port}", "--api-key", "technician-key"])
+        assert result.exit_code == 1, result.output
+        table = {line.split()[0]: line for line in result.output.splitlines()[1:6]}
+        assert all("OK" in table[f"W1{i}"] and "online" in table[f"W1{i}"] for i in (0, 1, 3, 4)), result.output
+        assert "FAILED" in table["W12"] and "no MicroPython raw REPL answered" in table["W12"]
+        assert "4 provisioned, 1 failed" in result.output
+        assert "s3cr3t" not in result.output  # secrets never echoed
+        states = dict(gateway.reader.execute("SELECT dev, window_no FROM devices WHERE state = 'online'").fetchall())
+        assert states == {"W10": "A10", "W11": "A11", "W13": "A13", "W14": "A14"}
+        site = json.loads((tmp_path / "board0" / "site.json").read_text())
+        assert (site["device"], site["port"]) == ("W10", broker.port)
+    finally:
+        for b in boards:
+            b.stop()
+        dead.close()
