@@ -155,3 +155,43 @@ def batch_command(roster, url, yes, gateway_url, api_key, wait_s, tree, no_deplo
     click.echo(f"{len(outcomes) - failed} provisioned, {failed} failed")
     if failed:
         raise SystemExit(1)
+
+
+@main.command("ports")
+@click.option("--probe", is_flag=True, help="Also ask each port whether a MicroPython REPL answers.")
+def ports_command(probe: bool) -> None:
+    """List serial ports with the board kind recognised from their USB ids.
+
+    Example: hcp-flash ports --probe
+    """
+    from flasher import ports
+
+    found = ports.scan(probe)
+    if not found:
+        click.echo("no serial ports: is the board plugged in, and may this user open serial ports (dialout)?")
+    for port in found:
+        answer = "" if port.micropython is None else ("  MicroPython" if port.micropython else "  no REPL")
+        click.echo(f"{port.device}  {port.kind}  {port.description}{answer}")
+
+
+@main.command("base-image")
+@click.option("--port", required=True, help="The board's serial port (in its ROM bootloader).")
+@click.option("--image", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="The MicroPython firmware image for the board (ESP32_GENERIC_S3-*.bin).")
+@click.option("--chip", default="esp32s3", show_default=True)
+def base_image(port: str, image: Path, chip: str) -> None:
+    """Write a MicroPython image to a board that has none yet, through esptool (erases the flash first).
+
+    Example: hcp-flash base-image --port /dev/ttyACM0 --image ESP32_GENERIC_S3-20250415-v1.25.0.bin
+    """
+    import esptool
+
+    try:
+        esptool.main(["--chip", chip, "--port", port, "erase_flash"])
+        esptool.main(["--chip", chip, "--port", port, "write_flash", "-z", "0x0", str(image)])
+    except (esptool.FatalError, OSError) as e:
+        raise click.ClickException(f"esptool: {e}") from None
+    except SystemExit as e:
+        if e.code:
+            raise click.ClickException(f"esptool failed on {port} (exit {e.code})") from None
+    click.echo(f"MicroPython written to {port}; run hcp-flash deploy next")

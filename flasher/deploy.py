@@ -69,6 +69,11 @@ def deploy(repl: RawRepl, tree: Path, progress=lambda name, done, total: None) -
     repl.enter()
     wanted = local_files(tree)
     present = remote_files(repl)
+    needed = sum(p.stat().st_size for n, p in wanted.items()
+                 if present.get(n) != hashlib.sha256(p.read_bytes()).hexdigest())
+    free = int(repl.exec("import os\ns = os.statvfs('.')\nprint(s[0] * s[4])").decode())
+    if needed > free:
+        raise ReplError(f"filesystem full: the changed files need {needed} bytes, the board has {free} free")
     result = DeployResult()
     for name in sorted(present):  # first, so leftovers of an interrupted run (*.part) go too
         if name not in wanted and name.split("/")[-1] not in DEVICE_DATA:

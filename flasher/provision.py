@@ -17,6 +17,7 @@ from flasher import deploy
 from flasher.repl import RawRepl, ReplError
 from protocol import codec
 
+PLATFORMS = {"esp32s3_tft": "esp32", "esp32s3_oled": "esp32", "sim": "linux"}  # roster board -> sys.platform
 COLUMNS = ("device", "hall", "window", "dept_code", "staff_no", "broker", "broker_port", "wifi_ssid",
            "wifi_password", "mqtt_user", "mqtt_password", "board", "serial_port")
 REQUIRED = ("device", "hall", "window", "broker")
@@ -104,9 +105,13 @@ def provision(url: str, row: Row, tree: Path | None, gateway: Gateway | None, wa
     """Deploy (when `tree` is given), write the site file, register, reboot, wait online. Returns a summary."""
     repl = RawRepl(url)
     try:
+        repl.enter()
+        platform = repl.exec("import sys\nprint(sys.platform)").decode().strip()
+        board = row["board"] or "esp32s3_tft"
+        if PLATFORMS.get(board, platform) != platform:
+            raise ProvisionError(f"wrong board kind: the roster says {board}, the board runs MicroPython for "
+                                 f"{platform}")
         sent = deploy.deploy(repl, tree, progress).sent if tree else None
-        if tree is None:
-            repl.enter()
         text = json.dumps(row.site())
         repl.exec(f"f = open('site.json.new', 'w')\nf.write({text!r})\nf.close()\n"
                   "import os\nos.rename('site.json.new', 'site.json')")

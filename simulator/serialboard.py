@@ -7,13 +7,14 @@ boots again.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import select
 import socket
 import subprocess
+import termios
 import threading
-import tty
 from pathlib import Path
 
 from simulator import micropython
@@ -54,13 +55,18 @@ class SerialBoard:
             self._client.close()
 
     def _boot(self) -> None:
+        # The line keeps its signal handling: Ctrl-C interrupts a running main.py as a board's USB REPL does
+        # (MicroPython switches the line to raw mode itself while its REPL reads).
         master, slave = pty.openpty()
-        tty.setraw(master)
+        attributes = termios.tcgetattr(slave)
+        attributes[1] &= ~termios.OPOST  # bytes out as written: no \n -> \r\n, as on a USB serial line
+        termios.tcsetattr(slave, termios.TCSANOW, attributes)
         script = ["-i", "main.py"] if (self.flash / "main.py").exists() else []
         env = micropython.environment([Path("."), Path("lib")])
         with self._lock:
             self._proc = subprocess.Popen(micropython.command(script, self.heapsize), stdin=slave, stdout=slave,
-                                          stderr=slave, cwd=self.flash, env=env, close_fds=True)
+                                          stderr=slave, cwd=self.flash, env=env, close_fds=True,
+                                          preexec_fn=_own_terminal)
             os.close(slave)
             if self._master >= 0:
                 os.close(self._master)
@@ -111,3 +117,9 @@ class SerialBoard:
                     self._client = None
                     continue
                 os.write(master, data)
+
+
+def _own_terminal() -> None:
+    """In the child: a session of its own with the pty as controlling terminal, so Ctrl-C reaches it."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)

@@ -102,14 +102,17 @@ def test_a_roster_batch_provisions_boards_and_reports_the_broken_one(tmp_path, f
     threading.Thread(target=lambda: kept.append(dead.accept()), daemon=True).start()
     ports = [b.url for b in boards[:2]] + [f"socket://127.0.0.1:{dead.getsockname()[1]}"] + [b.url for b in boards[2:]]
     roster = tmp_path / "roster.csv"
-    lines = ["device,hall,window,dept_code,staff_no,broker,broker_port,wifi_password,serial_port"]
-    for i, port in enumerate(ports):
-        lines.append(f"W1{i},{HALL},A1{i},{'11361100MB1234567X'},N10{i},127.0.0.1,{broker.port},s3cr3t-wifi,{port}")
-    roster.write_text("\n".join(lines) + "\n")
+    def write_roster():
+        lines = ["device,hall,window,dept_code,staff_no,broker,broker_port,wifi_password,board,serial_port"]
+        for i, port in enumerate(ports):
+            lines.append(f"W1{i},{HALL},A1{i},11361100MB1234567X,N10{i},127.0.0.1,{broker.port},s3cr3t-wifi,sim,{port}")
+        roster.write_text("\n".join(lines) + "\n")
+
+    write_roster()
+    command = ["batch", "--roster", str(roster), "--yes", "--tree", str(firmware_tree), "--wait", "30",
+               "--gateway", f"http://127.0.0.1:{gateway.api.port}", "--api-key", "technician-key"]
     try:
-        result = CliRunner().invoke(hcp_flash, [
-            "batch", "--roster", str(roster), "--yes", "--tree", str(firmware_tree), "--wait", "30",
-            "--gateway", f"http://127.0.0.1:{gateway.api.port}", "--api-key", "technician-key"])
+        result = CliRunner().invoke(hcp_flash, command)
         assert result.exit_code == 1, result.output
         table = {line.split()[0]: line for line in result.output.splitlines()[1:6]}
         assert all("OK" in table[f"W1{i}"] and "online" in table[f"W1{i}"] for i in (0, 1, 3, 4)), result.output
@@ -120,7 +123,49 @@ def test_a_roster_batch_provisions_boards_and_reports_the_broken_one(tmp_path, f
         assert states == {"W10": "A10", "W11": "A11", "W13": "A13", "W14": "A14"}
         site = json.loads((tmp_path / "board0" / "site.json").read_text())
         assert (site["device"], site["port"]) == ("W10", broker.port)
+
+        boards.append(SerialBoard(tmp_path / "board5").start())  # the broken board is swapped
+        ports[2] = boards[-1].url
+        write_roster()
+        again = CliRunner().invoke(hcp_flash, command)
+        assert again.exit_code == 0 and "5 provisioned, 0 failed" in again.output, again.output
+        assert "0 files sent, online" in again.output  # the boards done before get nothing again
     finally:
         for b in boards:
             b.stop()
         dead.close()
+
+
+def test_ports_name_board_kinds_and_tell_a_repl_from_silence(board):
+    from flasher import ports
+
+    assert ports.kind_of(0x303A, 0x1001) == "ESP32-S3 (native USB)"
+    assert ports.kind_of(0x1A86, 0x7523) == "CH340 USB-UART bridge"
+    assert ports.kind_of(None, None) == "not USB"
+    assert ports.answers_repl(board.url)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    kept = []
+    threading.Thread(target=lambda: kept.append(silent.accept()), daemon=True).start()
+    assert not ports.answers_repl(f"socket://127.0.0.1:{silent.getsockname()[1]}", timeout=1.0)
+    silent.close()
+    assert CliRunner().invoke(hcp_flash, ["ports"]).exit_code == 0
+
+
+def test_base_image_reports_a_missing_port_clearly(tmp_path):
+    image = tmp_path / "ESP32_GENERIC_S3.bin"
+    image.write_bytes(b"\xe9" + b"\0" * 1023)
+    result = CliRunner().invoke(hcp_flash, ["base-image", "--port", str(tmp_path / "ttyNONE"), "--image", str(image)])
+    assert result.exit_code == 1 and "esptool" in result.output and "Traceback" not in result.output
+
+
+def test_the_wrong_board_kind_is_refused(board, tmp_path, firmware_tree):
+    from flasher import provision
+
+    roster = tmp_path / "roster.csv"
+    roster.write_text(f"device,hall,window,broker,board\nW20,{HALL},A20,127.0.0.1,esp32s3_tft\n")
+    [row] = provision.read_roster(roster)
+    with pytest.raises(provision.ProvisionError, match="wrong board kind: the roster says esp32s3_tft"):
+        provision.provision(board.url, row, firmware_tree, None)
+    assert not (board.flash / "main.py").exists()  # nothing was written to it
