@@ -49,39 +49,40 @@ def gateway_values(tmp_path, broker, province) -> dict:
             "upstream.backoff_max_s": 0.5, "upstream.batch_size": 50}
 
 
-def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path, broker, province, wire_device):
+def survive(tmp_path, broker, province, wire_device, presses: int, fault) -> None:
+    """Ratings flow from three devices through a gateway process while `fault(gateway)` strikes; then every
+    one of them must be at the province exactly once."""
     prepare_database(tmp_path / "gateway.db", DEVICES)
     gateway = GatewayProcess(tmp_path, gateway_values(tmp_path, broker, province)).start()
     devices = [wire_device(dev) for dev in DEVICES]
     stop = threading.Event()
-    presser = threading.Thread(target=run_presses, args=(devices, 400, stop))
+    presser = threading.Thread(target=run_presses, args=(devices, presses, stop))
     presser.start()
-    rnd = random.Random(7)
     try:
-        for _ in range(6):  # kill it at random instants while ratings flow in and out
+        fault(gateway)
+        presser.join()
+        check_delivered_exactly_once(devices, province, tmp_path / "gateway.db", presses * len(DEVICES))
+    finally:
+        stop.set()
+        gateway.stop()
+
+
+def test_sigkill_mid_batch_loses_and_duplicates_nothing(tmp_path, broker, province, wire_device):
+    rnd = random.Random(7)
+
+    def kill_repeatedly(gateway):
+        for _ in range(6):  # at random instants while ratings flow in and out
             time.sleep(rnd.uniform(0.3, 1.0))
             gateway.kill()
             gateway.start()
-        presser.join()
-        check_delivered_exactly_once(devices, province, tmp_path / "gateway.db", 400 * len(DEVICES))
-    finally:
-        stop.set()
-        gateway.stop()
+
+    survive(tmp_path, broker, province, wire_device, 400, kill_repeatedly)
 
 
 def test_broker_restart_loses_and_duplicates_nothing(tmp_path, broker, province, wire_device):
-    prepare_database(tmp_path / "gateway.db", DEVICES)
-    gateway = GatewayProcess(tmp_path, gateway_values(tmp_path, broker, province)).start()
-    devices = [wire_device(dev) for dev in DEVICES]
-    stop = threading.Event()
-    presser = threading.Thread(target=run_presses, args=(devices, 300, stop))
-    presser.start()
-    try:
+    def restart_broker(gateway):
         for _ in range(2):
             time.sleep(0.7)
             broker.restart()
-        presser.join()
-        check_delivered_exactly_once(devices, province, tmp_path / "gateway.db", 300 * len(DEVICES))
-    finally:
-        stop.set()
-        gateway.stop()
+
+    survive(tmp_path, broker, province, wire_device, 300, restart_broker)
