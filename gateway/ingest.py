@@ -136,7 +136,7 @@ class Ingest:
             self.client.connect(host, port, self.config["mqtt.keepalive_s"])
             # paho leaves Nagle on: a lone ack or PUBACK would wait for the previous segment's TCP ack.
             self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return 0.0
+            return 1.0  # should this connection drop (or be refused), wait a moment before the next
         except OSError as e:
             log.error("cannot reach the broker at %s:%s (%s); retrying", host, port, e)
             return min(30.0, max(1.0, delay * 2))
