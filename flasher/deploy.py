@@ -68,9 +68,9 @@ def deploy(repl: RawRepl, tree: Path, progress=lambda name, done, total: None) -
         raise FileNotFoundError(f"{tree} is not a firmware tree (no main.py); run make firmware")
     repl.enter()
     wanted = local_files(tree)
+    digests = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in wanted.items()}
     present = remote_files(repl)
-    needed = sum(p.stat().st_size for n, p in wanted.items()
-                 if present.get(n) != hashlib.sha256(p.read_bytes()).hexdigest())
+    needed = sum(wanted[n].stat().st_size for n in wanted if present.get(n) != digests[n])
     free = int(repl.exec("import os\ns = os.statvfs('.')\nprint(s[0] * s[4])").decode())
     if needed > free:
         raise ReplError(f"filesystem full: the changed files need {needed} bytes, the board has {free} free")
@@ -80,15 +80,14 @@ def deploy(repl: RawRepl, tree: Path, progress=lambda name, done, total: None) -
             repl.exec(f"import os\nos.remove({name!r})")
             result.removed.append(name)
     for name, path in wanted.items():
-        data = path.read_bytes()
-        if present.get(name) == hashlib.sha256(data).hexdigest():
+        if present.get(name) == digests[name]:
             result.unchanged.append(name)
             continue
-        _send(repl, name, data, progress)
+        _send(repl, name, path.read_bytes(), progress)
         result.sent.append(name)
     after = remote_files(repl)
-    for name, path in wanted.items():
-        if after.get(name) != hashlib.sha256(path.read_bytes()).hexdigest():
+    for name in wanted:
+        if after.get(name) != digests[name]:
             raise VerificationError(f"{name} on the board does not match the tree after deploying")
     return result
 

@@ -346,8 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._citizen_page(path[3:])
             elif path.startswith("/r/") and method == "POST":
                 outcome = self.api.rate(path[3:], parse_qs(self._body().decode(errors="replace")))
-                title, text = RESULT_PAGES[outcome]
-                self._html(200 if outcome == ratings.STORED else 409, _page(title, f"<p>{text}</p>"))
+                self._result(200 if outcome == ratings.STORED else 409, outcome)
             else:
                 raise ApiError(404, "no such path")
         except ApiError as e:
@@ -392,25 +391,24 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(404, "没有这个窗口")
             self._html(200, rating_form(f"窗口 {window_no}"))
         elif method == "POST" and action == "rate":
-            outcome = self.api.rate_window(window_no, parse_qs(self._body().decode(errors="replace")))
-            title, text = RESULT_PAGES[outcome]
-            self._html(200, _page(title, f"<p>{text}</p>"))
+            self._result(200, self.api.rate_window(window_no, parse_qs(self._body().decode(errors="replace"))))
         else:
             raise ApiError(404, "no such path")
 
     def _citizen_page(self, token: str) -> None:
         row = self.api.page_case(token)
         if row is None:
-            title, text = RESULT_PAGES[cases.UNKNOWN]
-            return self._html(404, _page(title, f"<p>{text}</p>"))
+            return self._result(404, cases.UNKNOWN)
         _, task_name, state, deadline = row
         if state in ("rated", "defaulted"):
-            title, text = RESULT_PAGES[ratings.ALREADY_RATED]
-            return self._html(200, _page(title, f"<p>{text}</p>"))
+            return self._result(200, ratings.ALREADY_RATED)
         if state == "cancelled" or (deadline is not None and self.api.gateway.clock.now() >= deadline):
-            title, text = RESULT_PAGES[cases.EXPIRED]
-            return self._html(200, _page(title, f"<p>{text}</p>"))
+            return self._result(200, cases.EXPIRED)
         self._html(200, rating_form(task_name))
+
+    def _result(self, status: int, outcome: str) -> None:
+        title, text = RESULT_PAGES[outcome]
+        self._html(status, _page(title, f"<p>{text}</p>"))
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)

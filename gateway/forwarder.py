@@ -95,8 +95,8 @@ class Forwarder:
         the province are both busy.
         """
         items = self._prepare()
-        if items is None:
-            return self._rewind() or IDLE_POLL_S
+        if items is None:  # caught up: look again from the oldest (retried dead letters), else idle
+            return 0 if self._rewind() else IDLE_POLL_S
         while items:
             delay, items = self._send(items, read_ahead=True)
             if delay:
@@ -123,14 +123,14 @@ class Forwarder:
             self._settle([], [], unmappable, None, "unmappable", "", 0)
         return items
 
-    def _rewind(self) -> float:
+    def _rewind(self) -> bool:
         """Read from the oldest pending rating again (after a failure, or to find retried dead letters),
-        once the results already sent to the writer are committed. Returns 0 if there was anything to rewind."""
+        once the results already sent to the writer are committed. False if the cursor was at the start."""
         if self._cursor == 0:
-            return IDLE_POLL_S
+            return False
         self.writer.call(lambda conn: None)
         self._cursor = 0
-        return 0
+        return True
 
     def record(self, row: dict) -> dict:
         rating = {

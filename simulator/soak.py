@@ -122,7 +122,7 @@ def _cycles(device: SimDevice, gateway: Gateway, watcher: "_Watcher", cycles: in
             watcher.wait_online(result)
         case = f"SOAK{n:06d}"
         before = device.last_frame
-        gateway.ingest.client.publish(codec.topic(HALL, DEVICE, "prompt"), _prompt(case), qos=1)
+        gateway.ingest.send(codec.topic(HALL, DEVICE, "prompt"), _prompt(case))
         device.wait_frame("prompt", after=before)
         before = device.last_frame
         pressed = device.press(n % 3, hold_ms=100)
@@ -139,7 +139,7 @@ def _cycles(device: SimDevice, gateway: Gateway, watcher: "_Watcher", cycles: in
 def _configure(gateway: Gateway, policy: str) -> None:
     message = codec.encode({"v": 1, "k": "config", "ver": int(time.time() * 1000) % 2**31, "policy": policy,
                             "thanks_s": 1, "reasons": []})
-    gateway.ingest.client.publish(codec.topic(HALL, DEVICE, "config"), message, qos=1, retain=True)
+    gateway.ingest.send(codec.topic(HALL, DEVICE, "config"), message, retain=True)
     time.sleep(0.3)
 
 

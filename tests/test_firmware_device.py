@@ -30,6 +30,19 @@ def send(client: mqtt.Client, dev: str, message: dict, retain: bool = False) -> 
     info.wait_for_publish(5)
 
 
+def tell(gateway, dev: str, message: dict, retain: bool = False) -> None:
+    """Send a message to a device as the gateway does (its network thread owns the MQTT client)."""
+    gateway.ingest.send(codec.topic(HALL, dev, message["k"]), codec.encode(message), retain=retain)
+
+
+def show_prompt(gateway, device, case: str) -> None:
+    """Once the device is online at the gateway, prompt it with `case` and wait until it shows it."""
+    device.wait_frame("idle")
+    wait_until(lambda: gateway.ingest.counts["status"] >= 1, what="the device online at the gateway")
+    tell(gateway, device.device, prompt(case))
+    device.wait_frame("prompt")
+
+
 def prompt(case: str = "C2026-0001", url: str = URL, ttl: int = 30) -> dict:
     return prompts.prompt(case, "张*的 不动产登记", url, ttl)
 
@@ -71,10 +84,7 @@ def test_one_press_counts_and_is_linked_to_the_case(broker, sim_device, gateway_
     gateway = gateway_factory()
     register_device(gateway.writer, "W01")
     device = sim_device("W01")
-    device.wait_frame("idle")
-    wait_until(lambda: gateway.ingest.counts["status"] >= 1, what="the device online at the gateway")
-    send(gateway.ingest.client, "W01", prompt("C2026-0002"))
-    device.wait_frame("prompt")
+    show_prompt(gateway, device, "C2026-0002")
     before = device.last_frame
     device.press(1)
     device.press(3)  # a second and third press on the same prompt: not ratings
@@ -99,7 +109,7 @@ def test_a_bouncing_switch_makes_one_rating(broker, sim_device, gateway_factory)
 
 def record_policy(gateway, **settings) -> None:
     """Make W01 record presses outside a prompt (and wait until it reports the config applied)."""
-    send(gateway.ingest.client, "W01", {"v": 1, "k": "config", "ver": 1, "policy": "record", **settings}, retain=True)
+    tell(gateway, "W01", {"v": 1, "k": "config", "ver": 1, "policy": "record", **settings}, retain=True)
     wait_until(lambda: gateway_devices(gateway).get("W01") == 1, what="the config applied")
 
 
@@ -122,10 +132,7 @@ def test_a_press_outside_a_prompt_shows_a_hint_and_is_not_a_rating(broker, sim_d
 def test_a_bad_rating_asks_for_a_reason(broker, sim_device, gateway_factory):
     gateway = gateway_factory()
     device = sim_device("W01")
-    device.wait_frame("idle")
-    wait_until(lambda: gateway.ingest.counts["status"] >= 1, what="the device online")
-    send(gateway.ingest.client, "W01", prompt("C2026-0003"))
-    device.wait_frame("prompt")
+    show_prompt(gateway, device, "C2026-0003")
     before = device.last_frame
     device.press(4)  # 非常不满意
     device.wait_frame("reasons", after=before)
@@ -229,7 +236,7 @@ def test_a_first_connect_that_fails_is_retried(broker, sim_device, gateway_facto
 def test_remote_config_sets_brightness_and_volume_and_is_reported(broker, sim_device, gateway_factory):
     gateway = gateway_factory()
     device = sim_device("W01")
-    send(gateway.ingest.client, "W01", {"v": 1, "k": "config", "ver": 7, "bright": 35, "volume": 20,
+    tell(gateway, "W01", {"v": 1, "k": "config", "ver": 7, "bright": 35, "volume": 20,
                                         "window": "A12", "staff": "李*华", "staff_no": "N0321"}, retain=True)
     wait_until(lambda: gateway_devices(gateway).get("W01") == 7, what="config version 7 reported")
     events = []
