@@ -9,22 +9,7 @@ import os
 import struct
 import time
 
-CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 0x10, 0x20, 0x30, 0x40, 0x82, 0x90
-PINGREQ, PINGRESP, DISCONNECT = 0xC0, 0xD0, 0xE0
-
-
-def _string(data):
-    return struct.pack("!H", len(data)) + data
-
-
-def _length(n):
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+from protocol import mqttwire as wire
 
 
 class MQTTClient:
@@ -65,14 +50,10 @@ class MQTTClient:
         """Send one message if connected; return False (never raise) when the link is down."""
         if self._writer is None:
             return False
-        head = PUBLISH | (qos << 1) | (1 if retain else 0)
-        body = _string(topic)
-        if qos:
-            body += struct.pack("!H", self._next_pid())
-        return await self._send(bytes([head]) + _length(len(body) + len(payload)) + body + payload)
+        return await self._send(wire.publish(topic, payload, self._next_pid() if qos else 0, retain))
 
     async def disconnect(self):
-        await self._send(bytes([DISCONNECT, 0]))
+        await self._send(wire.GOODBYE)
         self._close()
 
     # ---- the connection task ----
@@ -98,29 +79,15 @@ class MQTTClient:
         reader, writer = await asyncio.wait_for_ms(self.net.open_connection(self.host, self.port),
                                                    self.connect_timeout_ms)
         self._reader, self._writer = reader, writer
-        flags = 0x02 if self.clean else 0
-        payload = _string(self.client_id.encode())
-        if self.will:
-            topic, message, retain, qos = self.will
-            flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
-            payload += _string(topic) + _string(message)
-        if self.user:
-            flags |= 0x80
-            payload += _string(self.user.encode())
-            if self.password:
-                flags |= 0x40
-                payload += _string(self.password.encode())
-        body = _string(b"MQTT") + bytes([4, flags]) + struct.pack("!H", self.keepalive_s) + payload
-        writer.write(bytes([CONNECT]) + _length(len(body)) + body)
+        writer.write(wire.connect(self.client_id, self.keepalive_s, self.clean, self.will, self.user,
+                                  self.password))
         await writer.drain()
         kind, data = await asyncio.wait_for_ms(self._packet(), self.connect_timeout_ms)
-        if kind != CONNACK or len(data) != 2 or data[1] != 0:
-            raise ValueError("broker refused: code %d" % (data[1] if len(data) > 1 else -1))
+        why = wire.refused(kind, data)
+        if why:
+            raise ValueError(why)
         if self.subscriptions:
-            body = struct.pack("!H", self._next_pid())
-            for topic, qos in self.subscriptions:
-                body += _string(topic) + bytes([qos])
-            writer.write(bytes([SUBSCRIBE]) + _length(len(body)) + body)
+            writer.write(wire.subscribe(self._next_pid(), self.subscriptions))
             await writer.drain()
 
     async def _serve(self):
@@ -139,7 +106,7 @@ class MQTTClient:
         while True:
             kind, data = await self._packet()
             self._heard = time.ticks_ms()
-            if kind & 0xF0 == PUBLISH:
+            if kind & 0xF0 == wire.PUBLISH:
                 await self._received(kind, data)
 
     async def _watch(self, reader):
@@ -152,17 +119,13 @@ class MQTTClient:
                 return
             if time.ticks_diff(now, pinged) > self.keepalive_s * 500:
                 pinged = now
-                await self._send(bytes([PINGREQ, 0]))
+                await self._send(wire.PING)
 
     async def _received(self, kind, data):
-        qos = (kind >> 1) & 3
-        n = struct.unpack_from("!H", data)[0]
-        topic = bytes(data[2:2 + n])
-        at = 2 + n
-        if qos:
-            await self._send(bytes([PUBACK, 2]) + bytes(data[at:at + 2]))
-            at += 2
-        self.on_message(topic, bytes(data[at:]), bool(kind & 1))
+        topic, payload, retained, ack = wire.received(kind, data)
+        if ack:
+            await self._send(ack)
+        self.on_message(topic, payload, retained)
 
     async def _packet(self):
         head = await self._reader.readexactly(1)

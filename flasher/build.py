@@ -1,7 +1,8 @@
 """Build the deployable firmware tree: every firmware module compiled to .mpy by mpy-cross.
 
 firmware/**.py        -> build/firmware/**.mpy   (boot.py and main.py stay source: MicroPython runs them by name)
-protocol/codec.py     -> build/firmware/lib/protocol/codec.mpy   (the shared codec, imported as protocol.codec)
+protocol/codec.py     -> build/firmware/lib/protocol/codec.mpy   (the shared codec, imported as protocol.codec;
+                         mqttwire.py likewise: the MQTT packets)
 a CJK font            -> build/firmware/font.bin   (GB2312 level 1 and every character the firmware shows)
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ RUN_AS_SOURCE = {"boot.py", "main.py"}
 # Board files for the ESP32-S3 hold native (viper) code, compiled for its Xtensa core; the rest is bytecode
 # that every port runs, the unix port's simulated board included.
 NATIVE_ARCH = {"boards/esp32s3": "xtensawin"}
-SHARED = {"protocol/__init__.py": "lib/protocol/__init__.py", "protocol/codec.py": "lib/protocol/codec.py"}
+SHARED = {"protocol/__init__.py": "lib/protocol/__init__.py", "protocol/codec.py": "lib/protocol/codec.py",
+          "protocol/mqttwire.py": "lib/protocol/mqttwire.py"}
 
 
 class BuildError(RuntimeError):

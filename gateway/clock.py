@@ -6,10 +6,13 @@ import time
 
 
 class Clock:
-    """Wall-clock time in Unix seconds."""
+    """Wall-clock time in Unix seconds, `offset_s` ahead of the system clock (simulations let days pass)."""
+
+    def __init__(self, offset_s: float = 0.0):
+        self.offset_s = offset_s
 
     def now(self) -> float:
-        return time.time()
+        return time.time() + self.offset_s
 
 
 class ManualClock(Clock):

@@ -23,7 +23,7 @@ MB = 1024 * 1024
 class Gateway:
     def __init__(self, config: dict, clock: Clock | None = None):
         self.config = config
-        self.clock = clock or Clock()
+        self.clock = clock or Clock(config["clock.offset_s"])
         self.calendar = WorkCalendar(config["calendar.extra_years"], config["calendar.holidays"],
                                      config["calendar.workdays"])
         quota = config["store.quota_mb"] * MB

@@ -77,6 +77,8 @@ SETTINGS = [
     Setting("http.host", "127.0.0.1", "Address of /healthz and /metrics."),
     Setting("http.port", 8780, "Port of /healthz and /metrics (0: any free port)."),
     Setting("log.level", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR."),
+    Setting("clock.offset_s", 0.0, "Run this many seconds ahead of the system clock, so simulated days can pass "
+            "(hcp-sim); keep 0 in a hall."),
 ]
 BY_NAME = {s.name: s for s in SETTINGS}
 

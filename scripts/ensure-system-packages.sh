@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests, the demo and the firmware build need, when they are missing:
-# Mosquitto (the broker and its command-line clients), a CJK font and Chromium. Exits non-zero with a clear message otherwise.
+# Mosquitto (the broker and its command-line clients), a CJK font, Chromium, Xvfb and xdotool. Exits non-zero with a clear message otherwise.
 set -euo pipefail
 
 missing=()
@@ -11,6 +11,9 @@ have mosquitto_sub || missing+=(mosquitto-clients)
 [ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || missing+=(fonts-wqy-zenhei)
 # Headless Chromium for the citizen's rating page tests (driven by Playwright, never its own download).
 have chromium || missing+=(chromium)
+# A virtual screen for the simulator's Tk window in tests and on headless machines.
+have Xvfb || missing+=(xvfb)
+have xdotool || missing+=(xdotool)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "Installing system packages: ${missing[*]}"

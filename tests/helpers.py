@@ -9,6 +9,7 @@ import paho.mqtt.client as mqtt
 
 from gateway import settings
 from protocol import codec
+from simulator.hall import GatewayProcess  # noqa: F401 - tests start the gateway as its own process
 
 HALL = "361102-xz"
 APP_KEY, APP_SECRET = "hall-key", "hall-secret-0123456789"
@@ -119,40 +120,6 @@ class WireDevice:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-class GatewayProcess:
-    """`hcp-gateway run` as a separate process, so tests can SIGKILL it mid-batch."""
-
-    def __init__(self, workdir, config_values: dict):
-        import sys
-        from pathlib import Path
-
-        self.workdir = Path(workdir)
-        self.config_path = self.workdir / "gateway.toml"
-        self.config_path.write_text(settings.dump(config_values))
-        self.command = [str(Path(sys.executable).parent / "hcp-gateway"), "run", "--config", str(self.config_path)]
-        self.log_path = self.workdir / "gateway.log"
-        self.proc = None
-
-    def start(self) -> "GatewayProcess":
-        import subprocess
-
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command, stdout=log, stderr=log, cwd=self.workdir)
-        log.close()
-        return self
-
-    def kill(self) -> None:
-        import signal
-
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
 
 
 def prepare_database(path, devices: list[str]) -> None:
