@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from simulator import demo as demo_module
 from simulator.broker import BrokerError
 
 
@@ -17,16 +16,74 @@ def main() -> None:
     """Simulated evaluators, halls and the provincial system."""
 
 
-@main.command()
-def demo() -> None:
-    """Bring up what exists of the system on loopback and send one rating through it.
+def _scenario_options(command):
+    """The options `hcp-sim run` and `hcp-sim demo` share."""
+    for option in reversed([
+        click.option("--seconds", type=float, default=None, help="Run the hall day this long instead."),
+        click.option("--screens", type=click.Path(path_type=Path), default=None,
+                     help="Save each real-firmware device's screen here as a PNG whenever it changes "
+                          "(DEVICE-HHMMSS.mmm-KIND.png)."),
+        click.option("--workdir", type=click.Path(path_type=Path), default=None,
+                     help="Keep the run's files here (databases, broker, gateway and device logs)."),
+    ]):
+        command = option(command)
+    return command
 
-    Example: hcp-sim demo
-    """
+
+def _hall_day(scenario_name: str, seconds: float | None, screens: Path | None, workdir: Path | None) -> None:
+    from simulator import scenario as scenarios
+    from simulator.demo import run_day
+
     try:
-        demo_module.run(say=click.echo)
+        chosen = scenarios.load(Path(scenario_name))
+    except scenarios.ScenarioError as e:
+        raise click.ClickException(str(e)) from None
+    if seconds is not None:
+        chosen = chosen.with_seconds(seconds)
+    try:
+        result = run_day(chosen, workdir, screens, say=click.echo)
     except BrokerError as e:
         raise click.ClickException(str(e)) from None
+    if not result.ok:
+        raise click.ClickException("the invariant does not hold (see VIOLATION lines above)")
+
+
+@main.command()
+@click.argument("scenario")
+@_scenario_options
+def run(scenario: str, seconds: float | None, screens: Path | None, workdir: Path | None) -> None:
+    """Run a hall day from a SCENARIO file (or a built-in: ci, demo) headless, then check that every confirmed
+    press and QR rating reached the province exactly once and every unrated case got its default rating.
+    Exit 1 on any violation.
+
+    Example: hcp-sim run simulator/scenarios/ci.toml --screens screens/
+    """
+    _hall_day(scenario, seconds, screens, workdir)
+
+
+@main.command()
+@click.option("--headless", is_flag=True, help="No window even when a screen is available.")
+@click.option("--scenario", "scenario_name", default="demo", show_default=True,
+              help="Scenario file (or built-in name) of the headless run.")
+@click.option("--devices", type=int, default=3, show_default=True, help="Real-firmware evaluators in the window.")
+@_scenario_options
+def demo(headless: bool, scenario_name: str, devices: int, seconds: float | None, screens: Path | None,
+         workdir: Path | None) -> None:
+    """Bring a whole hall up on this machine: broker, gateway, simulated province and evaluators.
+
+    With a screen: the desktop simulator (as `hcp-sim gui`). Without one, or with --headless: a simulated hall
+    day with traffic and faults, ending with the summary line `pressed=... duplicates=0 lost=0`.
+
+    Example: hcp-sim demo --headless --seconds 60
+    """
+    from simulator.demo import has_screen
+
+    if not headless and has_screen():
+        from simulator import gui
+
+        gui.run(devices, workdir)
+        return
+    _hall_day(scenario_name, seconds, screens, workdir)
 
 
 @main.command()

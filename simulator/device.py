@@ -45,6 +45,7 @@ class SimDevice:
         self._screens: queue.Queue = queue.Queue()
         self._pieces: list[bytes] = []
         self._frame_seen = threading.Condition()
+        self._send_lock = threading.Lock()  # presses, plugs and screen requests come from several threads
         self.proc: subprocess.Popen | None = None
         self._conn: socket.socket | None = None
         self.boots = 0
@@ -71,6 +72,8 @@ class SimDevice:
             listener.close()
         self._conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.boots += 1
+        with self._frame_seen:
+            self.frames = []  # frame numbers start again at each boot
         threading.Thread(target=self._read, args=(self._conn, self.proc), name=f"sim-{self.device}",
                          daemon=True).start()
         return self
@@ -140,19 +143,23 @@ class SimDevice:
         image.putpalette(palette)
         return image.convert("RGB")
 
-    def wait_frame(self, kind: str, after: int = 0, timeout: float = 10) -> dict:
-        """The first frame of `kind` shown after frame number `after`."""
+    def wait_frame(self, kind: str | None, after: int = 0, timeout: float = 10) -> dict:
+        """The first frame of `kind` (None: of any kind) shown after frame number `after`."""
         deadline = time.monotonic() + timeout
         with self._frame_seen:
             while True:
                 for frame in self.frames:
-                    if frame["frame"] > after and frame["kind"] == kind:
+                    if frame["frame"] > after and kind in (None, frame["kind"]):
                         return frame
                 left = deadline - time.monotonic()
                 if left <= 0:
                     shown = [f["kind"] for f in self.frames[-5:]]
                     raise DeviceError(f"{self.device} did not show {kind} (last: {shown})")
                 self._frame_seen.wait(left)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     @property
     def last_frame(self) -> int:
@@ -164,7 +171,8 @@ class SimDevice:
     def _send(self, message: dict) -> None:
         if self._conn is None:
             raise DeviceError(f"{self.device} is not running")
-        self._conn.sendall(json.dumps(message).encode() + b"\n")
+        with self._send_lock:
+            self._conn.sendall(json.dumps(message).encode() + b"\n")
 
     def _read(self, conn: socket.socket, proc: subprocess.Popen) -> None:
         buffer = b""

@@ -185,15 +185,17 @@ class Hall:
             "Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"})
         return json.loads(_send(request, retry_s))
 
-    def rate_by_phone(self, url: str, level: str, reasons: list[str] = (), retry_s: float = 30) -> bool:
-        """A citizen rates a case on its page (a form post, as a phone does). True when the case is rated by
-        this call or, after a retry whose first try was lost, already was; False when refused."""
+    def rate_by_phone(self, url: str, level: str, reasons: list[str] = (), retry_s: float = 30) -> str:
+        """A citizen rates a case on its page (a form post, as a phone does): "stored", "already" (the case
+        was rated before, perhaps by this call's first try whose answer was lost) or "refused"."""
         form = urllib.parse.urlencode([("level", level), *(("reason", r) for r in reasons)]).encode()
         try:
             page = _send(urllib.request.Request(url, data=form, method="POST"), retry_s).decode()
         except urllib.error.HTTPError as e:
-            return e.code == 409
-        return "感谢您的评价" in page
+            return "already" if e.code == 409 else "refused"
+        except OSError:
+            return "refused"
+        return "stored" if "感谢您的评价" in page else "refused"
 
     # ---- what the checks read ----
 

@@ -103,6 +103,12 @@ class Province:
             row = self._db.execute("SELECT record FROM records WHERE evalId = ?", (eval_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def landed(self) -> list[tuple]:
+        """(evalId, projectNo, pf, satisfaction, stored_at) of every stored record, oldest first."""
+        with self._lock:
+            return self._db.execute("SELECT evalId, projectNo, record ->> 'pf', record ->> 'satisfaction', "
+                                    "stored_at FROM records ORDER BY rowid").fetchall()
+
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM records").fetchone()[0]
