@@ -5,6 +5,7 @@ Only the writer thread (gateway.store.Writer) writes; everything else opens read
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -118,6 +119,37 @@ def connect(path: Path, readonly: bool = False) -> sqlite_utils.Database:
         return db
     except sqlite3.Error as e:
         raise StorageError(f"cannot open database {path}: {e}") from None
+
+
+class Reader:
+    """The read-only connection the HTTP threads share. Each query is read to its end under a lock, so no
+    half-read cursor keeps an old snapshot open for the others: what the writer committed is what they see."""
+
+    def __init__(self, path: Path):
+        self.conn = connect(path, readonly=True).conn
+        self._lock = threading.Lock()
+
+    def execute(self, sql: str, params=()) -> "Rows":
+        with self._lock:
+            cursor = self.conn.execute(sql, params)
+            return Rows(cursor.description, cursor.fetchall())
+
+
+class Rows:
+    """A query's whole result, read like a cursor."""
+
+    def __init__(self, description, rows: list):
+        self.description = description
+        self._rows = iter(rows)
+
+    def fetchone(self):
+        return next(self._rows, None)
+
+    def fetchall(self) -> list:
+        return list(self._rows)
+
+    def __iter__(self):
+        return self._rows
 
 
 def migrate(db: sqlite_utils.Database) -> list[str]:

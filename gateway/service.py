@@ -41,7 +41,7 @@ class Gateway:
     def start(self) -> "Gateway":
         """Start every part; StorageError if the database cannot be used, OSError if the port is taken."""
         self.writer.start()
-        self.reader = db.connect(self.config["store.path"], readonly=True)
+        self.reader = db.Reader(self.config["store.path"])
         self.notifier = Notifier(self.config, self.writer, self.clock, self.reader)
         self.monitor = Monitor(self.config["http.host"], self.config["http.port"], self)
         self.api = Api(self)

@@ -77,7 +77,8 @@ class Fleet:
         self.workdir = Path(workdir)
         self.firmware = firmware
         self.screens = Path(screens) if screens else None
-        self.say = say
+        self._say = say
+        self._began = time.monotonic()
         self.rng = random.Random(scenario.seed)
         self.hall = Hall(self.workdir / "hall")
         self.cases: dict[str, Case] = {}
@@ -91,6 +92,9 @@ class Fleet:
         self.unreported = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def say(self, text: str) -> None:
+        self._say(f"[{time.monotonic() - self._began:6.1f} s] {text}")
+
     # ---- the day ----
 
     def run(self) -> Result:
@@ -100,6 +104,7 @@ class Fleet:
     async def _day(self) -> Result:
         s = self.scenario
         self._loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
         self._loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(64, "hall-call"))
         hall = self.hall
         self.say(f"hall {hall.hall}: broker 127.0.0.1:{hall.broker.port}, gateway database {hall.db_path}, "
@@ -113,11 +118,13 @@ class Fleet:
         running = asyncio.gather(*windows)
         await asyncio.sleep(s.seconds)
         self.closing.set()
+        self._closed.set()
         self.say("closing: no new cases; waiting for citizens still at the counters and the ratings in flight")
         await running
         await asyncio.gather(*faults)
         await asyncio.to_thread(concurrent.futures.wait, self._later)
         await asyncio.to_thread(self._wait_forwarded, 120)
+        self.say("every rating made is at the province; the hall closes")
         await self._close_windows()
         if s.days_after:
             self.say(f"{s.days_after:g} days pass: the gateway issues default ratings for cases nobody rated")
@@ -174,7 +181,8 @@ class Fleet:
         """The window system reports the case; False if the gateway would not take it."""
         try:
             case.url = self.hall.finish_case(case.ref, case.window, retry_s=60)["url"]
-        except (OSError, urllib.error.HTTPError):
+        except (OSError, urllib.error.HTTPError) as e:
+            self.say(f"the window system could not report case {case.ref}: {e}")
             return False
         self.cases[case.ref] = case
         return True
@@ -183,9 +191,11 @@ class Fleet:
 
     async def _virtual_window(self, device: VirtualDevice) -> None:
         while not self.closing.is_set():
-            await asyncio.sleep(self._gap())
-            if self.closing.is_set():
+            try:
+                await asyncio.wait_for(self._closed.wait(), self._gap())
                 return
+            except asyncio.TimeoutError:
+                pass
             case = self._new_case(device.dev, device.window)
             prompted = self._prompted[case.ref] = self._loop.create_future()
             plan, level, reasons = self._plan()
@@ -239,8 +249,8 @@ class Fleet:
                 self._rate_later_soon(case, level, reasons)
             try:
                 shown = device.wait_frame("prompt", after=before, timeout=PROMPT_WAIT_S)
-                if plan != "press":  # the next citizen steps up when the abandoned prompt has timed out
-                    device.wait_frame("idle", after=shown["frame"], timeout=120)
+                if plan != "press":
+                    self._until_idle(device, shown["frame"])
                     continue
                 time.sleep(rng.uniform(*self.scenario.think_s))
                 device.press(codec.LEVELS.index(level))
@@ -253,6 +263,15 @@ class Fleet:
                 continue  # no prompt (offline, powered off) or cut off mid-press: nothing confirmed
             self.confirmed_real[device.device] += 1
             case.outcome, case.level = "press", level
+
+    def _until_idle(self, device: SimDevice, after: int) -> None:
+        """The next citizen steps up when the abandoned prompt has timed out (or the hall closes)."""
+        while not self.closing.is_set():
+            try:
+                device.wait_frame("idle", after=after, timeout=1)
+                return
+            except DeviceError:
+                continue
 
     def _save_screens(self, device: SimDevice) -> None:
         """Save the device's screen as a PNG whenever it changes: DEVICE-HHMMSS.mmm-KIND.png."""
@@ -278,7 +297,7 @@ class Fleet:
         await asyncio.sleep(fault.at)
         hall, run = self.hall, asyncio.to_thread
         lasting = "" if fault.kind == "broker_restart" else f" for {fault.duration:g} s"
-        self.say(f"t={fault.at:g}s fault: {fault.kind}{lasting}")
+        self.say(f"fault: {fault.kind}{lasting}")
         if fault.kind == "broker_restart":
             await run(hall.restart_broker)
         elif fault.kind == "gateway_kill":

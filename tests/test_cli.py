@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -42,10 +41,3 @@ def test_flash_build_reports_a_compile_error_without_traceback(tmp_path, monkeyp
     assert "Traceback" not in result.output
 
 
-def test_demo_runs_a_real_firmware_evaluator_through_gateway_to_province():
-    done = subprocess.run([str(BIN / "hcp-sim"), "demo"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "pressed=3 phone=1 stored=4 forwarded=4 duplicates=0 lost=0" in done.stdout
-    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('   {"evalId"')]
-    assert [(r["pf"], r["satisfaction"], r.get("evalDetail")) for r in records] == [
-        ("5", 5, None), ("5", 4, None), ("5", 1, "502"), ("3", 4, None)]

@@ -118,7 +118,7 @@ def test_status_dead_letters_and_export(gateway_factory, tmp_path, wire_device):
     assert "1 dead letters queued again" in run_cli("dead-letters", "--config", str(config), "--retry").output
     assert json.loads(run_cli("status", "--config", str(config)).output)["dead_letters"] == 0
 
-    today = dt.date.today().isoformat()
+    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date().isoformat()  # export days are China days
     exported = run_cli("export", "--config", str(config), "--from", "2000-01-01", "--to", today).output
     rows = list(csv.DictReader(io.StringIO(exported)))
     assert [(r["level"], r["满意度"], r["reasons"]) for r in rows] == [

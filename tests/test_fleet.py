@@ -1,0 +1,96 @@
+"""The headless fleet: scenario files, the CI hall day end to end, and the check itself."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulator import scenario as scenarios
+from simulator.fleet import Fleet
+
+BIN = Path(sys.executable).parent
+
+
+def test_the_ci_hall_day_keeps_every_rating_through_broker_restart_gateway_kill_and_province_outage(
+        tmp_path, firmware_tree):
+    day = scenarios.load(Path("ci"))
+    kinds = {f.kind for f in day.faults}
+    assert {"broker_restart", "gateway_kill", "province_outage", "power_cut", "network_cut"} <= kinds
+    assert day.firmware_devices >= 3 and day.virtual_devices >= 200
+    fleet = Fleet(day, tmp_path, firmware_tree, say=print)
+    result = fleet.run()
+
+    assert result.ok, result.problems[:20]
+    assert (result.duplicates, result.lost, result.wrong, result.dead_letters) == (0, 0, 0, [])
+    # Every channel was exercised, and every case is at the province exactly once.
+    assert result.pressed > 300 and result.phone > 5 and result.defaults > 5
+    assert result.forwarded == result.cases == result.stored
+    assert all(confirmed > 0 for confirmed in fleet.confirmed_real.values()), fleet.confirmed_real
+    # The faults really happened: the gateway started three times (first, after its SIGKILL, after the days
+    # passed), submissions failed while the province was away, devices came back after the broker restart.
+    log = (tmp_path / "hall" / "gateway" / "gateway.log").read_text()
+    assert log.count("gateway for hall") == 3
+    failed = fleet.hall.query("SELECT count(*) FROM forward_attempts WHERE outcome != 'ok'")[0][0]
+    assert failed > 0
+    assert all(d.connects >= 2 for d in fleet.virtual)
+
+
+def test_the_check_finds_a_record_the_province_lost(tmp_path):
+    """The invariant check can fail: remove one record at the province before it runs."""
+    class Tampered(Fleet):
+        def check(self):
+            province = self.hall.province
+            with province._lock:
+                province._db.execute("DELETE FROM records WHERE rowid = (SELECT min(rowid) FROM records)")
+            return super().check()
+
+    day = scenarios.parse({"seconds": 6, "days_after": 20, "devices": {"firmware": 0, "virtual": 5},
+                           "citizens": {"cases_per_minute": 30.0, "think_s": [0.1, 0.3]}})
+    result = Tampered(day, tmp_path, say=print).run()
+    assert not result.ok
+    assert result.lost == 1 and result.cases == result.forwarded + 1
+    assert "is not at the province" in result.problems[0]
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"seconds": "long"}, "seconds must be float"),
+    ({"devices": {"virtual": -1}}, "devices.virtual must be between 0 and 50000"),
+    ({"devices": {"virtul": 3}}, "unknown key devices.virtul"),
+    ({"citizens": {"mix": {"happy": 1}}}, "citizens.mix.happy: levels are very_satisfied"),
+    ({"citizens": {"think_s": [3, 1]}}, "citizens.think_s must be [low, high] seconds"),
+    ({"faults": [{"at": 3, "kind": "meteor"}]}, "kind must be one of broker_restart"),
+    ({"faults": [{"kind": "gateway_kill"}]}, "`at` (seconds after opening) is required"),
+    ({"faults": [{"at": 3, "kind": "gateway_kill", "during": 2}]}, "unknown key during"),
+])
+def test_a_bad_scenario_is_refused_with_where_and_why(document, message):
+    with pytest.raises(scenarios.ScenarioError, match=re.escape(message)):
+        scenarios.parse(document)
+
+
+def test_scenarios_load_by_name_and_shorten():
+    day = scenarios.load(Path("demo"))
+    assert day.firmware_devices == 2 and day.faults
+    short = day.with_seconds(15)
+    assert short.seconds == 15 and all(f.at < 15 for f in short.faults) and len(short.faults) < len(day.faults)
+
+
+def test_run_refuses_a_missing_scenario_file(tmp_path):
+    done = subprocess.run([str(BIN / "hcp-sim"), "run", str(tmp_path / "nope.toml")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert "does not exist (built-in: ci, demo)" in done.stderr
+
+
+def test_headless_demo_prints_the_summary_and_saves_screens(tmp_path):
+    done = subprocess.run([str(BIN / "hcp-sim"), "demo", "--headless", "--seconds", "15", "--screens",
+                           str(tmp_path / "screens")], capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = re.search(r"pressed=(\d+) .*stored=(\d+) forwarded=(\d+) .*duplicates=0 lost=0$", done.stdout, re.M)
+    assert summary, done.stdout[-2000:]
+    assert int(summary[1]) > 0 and summary[2] == summary[3]
+    shots = sorted(p.name for p in (tmp_path / "screens").iterdir())
+    assert shots and all(re.fullmatch(r"F00[12]-\d{6}\.\d{3}-[a-z]+\.png", name) for name in shots), shots[:5]
+    assert {"idle", "prompt"} <= {name.rsplit("-", 1)[1][:-4] for name in shots}
