@@ -62,6 +62,26 @@ def run(scenario: str, seconds: float | None, screens: Path | None, workdir: Pat
 
 
 @main.command()
+@click.option("--devices", type=int, default=3, show_default=True, help="Real-firmware evaluators to show.")
+@click.option("--zoom", type=click.IntRange(1, 4), default=1, show_default=True, help="Screen magnification.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Keep the hall's files here (databases, logs, device flash).")
+def gui(devices: int, zoom: int, workdir: Path | None) -> None:
+    """The desktop simulator: evaluators running the real firmware, their screens, buttons (or keys 1-5),
+    LEDs, network and power switches, 办结, and what the gateway and the province hold. Needs a screen
+    (DISPLAY); on a headless machine use `xvfb-run hcp-sim gui` or `hcp-sim demo --headless`.
+
+    Example: hcp-sim gui --devices 3 --zoom 2
+    """
+    from simulator import gui as gui_module
+    from simulator.demo import has_screen
+
+    if not has_screen():
+        raise click.ClickException("no screen here (DISPLAY unset or no X server); try `hcp-sim demo --headless`")
+    gui_module.run(devices, workdir, zoom, say=click.echo)
+
+
+@main.command()
 @click.option("--headless", is_flag=True, help="No window even when a screen is available.")
 @click.option("--scenario", "scenario_name", default="demo", show_default=True,
               help="Scenario file (or built-in name) of the headless run.")
@@ -81,7 +101,7 @@ def demo(headless: bool, scenario_name: str, devices: int, seconds: float | None
     if not headless and has_screen():
         from simulator import gui
 
-        gui.run(devices, workdir)
+        gui.run(devices, workdir, say=click.echo)
         return
     _hall_day(scenario_name, seconds, screens, workdir)
 
