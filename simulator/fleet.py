@@ -57,6 +57,7 @@ class Result:
     unreported: int = 0  # cases the window system could not report (the gateway away too long)
     dead_letters: list = field(default_factory=list)  # (case or rating, reason)
     problems: list = field(default_factory=list)  # what each violation was, for the report
+    latencies: list = field(default_factory=list)  # seconds from a virtual device's press to the province
 
     @property
     def ok(self) -> bool:
@@ -362,7 +363,7 @@ class Fleet:
         by_case: dict[str, list] = {}
         for row in landed:
             by_case.setdefault(row[1], []).append(row)
-        by_eval = {row[0] for row in landed}
+        by_eval = {row[0]: row[4] for row in landed}
         result.defaults = sum(1 for row in landed if row[2] == PF["default"])
 
         def problem(kind: str, text: str) -> None:
@@ -383,9 +384,11 @@ class Fleet:
                     problem("wrong", f"case {ref}: the citizen chose {case.level} by {case.outcome}, the "
                                      f"province has pf {records[0][2]} satisfaction {records[0][3]}")
         for device in self.virtual:
-            for rating_id in device.pressed:
-                if upstream.eval_id(PROFILE.source, device.dev, rating_id) not in by_eval \
-                        and device.pressed[rating_id][0] not in dead:
+            for rating_id, (case_ref, _, pressed_at) in device.pressed.items():
+                arrived = by_eval.get(upstream.eval_id(PROFILE.source, device.dev, rating_id))
+                if arrived is not None:
+                    result.latencies.append(arrived - self.hall.offset_s - pressed_at)
+                elif case_ref not in dead:
                     problem("lost", f"press {rating_id} on {device.dev} is not at the province")
         for dev, confirmed in self.confirmed_real.items():
             arrived = sum(1 for row in landed if row[2] == PF["device"] and f"-{dev}-" in row[0])
