@@ -1,12 +1,12 @@
 """The case API (what a window's business or queue system calls) and the citizens' rating pages.
 
-/api/v1/...   JSON, Bearer key (api.keys holds their SHA-256), versioned paths, OpenAPI at /api/v1/openapi.json
-/r/{token}    the page a case's QR code opens: rate once, no login, no JavaScript
+/api/v1/...   JSON, Bearer key with roles (gateway/access.py), versioned paths, OpenAPI at /api/v1/openapi.json;
+              reads of rating data and administrative changes go to the append-only audit log
+/r/{token}    the page a case's QR code opens: rate once, no login, no JavaScript; rate-limited per address
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
+import datetime as dt
 import html
 import json
 import logging
@@ -16,7 +16,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
 
-from gateway import cases, prompts, ratings
+from gateway import access, cases, prompts, ratings, report
 from gateway.httpservice import HttpService
 from protocol import codec
 
@@ -28,15 +28,13 @@ _CASE_REF = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
 class ApiError(Exception):
     """An HTTP error with a status and a message a caller can act on."""
 
-    def __init__(self, status: int, message: str, field: str | None = None):
+    def __init__(self, status: int, message: str, field: str | None = None, retry_after: float = 0):
         super().__init__(message)
         self.status, self.message, self.field = status, message, field
+        self.retry_after = retry_after
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
+hash_key = access.hash_key
 def mask_name(name: str) -> str:
     """张三 -> 张*, 李小华 -> 李*华: enough for the citizen to recognise the case, no more."""
     name = name.strip()
@@ -49,15 +47,50 @@ class Api(HttpService):
     def __init__(self, gateway):
         self.gateway = gateway
         config = gateway.config
-        self.keys = [k.lower() for k in config["api.keys"]]
+        self.keys = [access.parse_entry(entry) for entry in config["api.keys"]]
+        self.key_limit = access.RateLimiter(config["api.rate_per_minute"])
+        self.page_limit = access.RateLimiter(config["api.page_rate_per_minute"])
         super().__init__("api", config["api.host"], config["api.port"], _Handler, api=self)
 
     # ---- the case API ----
 
-    def authorise(self, header: str | None) -> None:
-        key = header[7:] if header and header.startswith("Bearer ") else None
-        if not key or not any(hmac.compare_digest(hash_key(key), k) for k in self.keys):
+    def authorise(self, header: str | None, roles: set) -> access.ApiKey:
+        """The caller's key if it may make this call: 401 without a valid key, 403 without the role, 429 over
+        its rate."""
+        caller = access.find_key(self.keys, header[7:] if header and header.startswith("Bearer ") else None)
+        if caller is None:
             raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY)")
+        if not caller.roles & roles:
+            raise ApiError(403, f"key {caller.name} may not make this call (needs one of: {', '.join(sorted(roles))})")
+        wait = self.key_limit.wait_s(caller.name)
+        if wait:
+            raise ApiError(429, f"key {caller.name} is over {self.gateway.config['api.rate_per_minute']} calls a "
+                                f"minute", retry_after=wait)
+        return caller
+
+    def audit(self, caller: access.ApiKey, action: str, detail: str) -> None:
+        """Append to the audit log: who read rating data or changed the hall's set-up, and when."""
+        g = self.gateway
+        g.writer.call(lambda conn: conn.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+                                                (g.clock.now(), caller.name, action, detail[:500])))
+
+    def ratings(self, query: dict) -> dict:
+        """Ratings assessed between two China dates, as the export gives them (public_only honoured)."""
+        try:
+            start = dt.date.fromisoformat(query.get("from", [""])[0])
+            end = dt.date.fromisoformat(query.get("to", [""])[0])
+        except ValueError:
+            raise ApiError(400, "from and to are dates: YYYY-MM-DD") from None
+        public_only = query.get("public_only", ["0"])[0] in ("1", "true")
+        return {"ratings": report.export_rows(self.gateway.reader, start, end, public_only)}
+
+    def audit_log(self, query: dict) -> dict:
+        since = query.get("since", ["0"])[0]
+        if not since.isdigit():
+            raise ApiError(400, "since is an audit entry id")
+        rows = self.gateway.reader.execute("SELECT id, at, actor, action, detail FROM audit WHERE id > ? "
+                                           "ORDER BY id LIMIT 1000", (int(since),)).fetchall()
+        return {"audit": [dict(zip(("id", "at", "actor", "action", "detail"), row)) for row in rows]}
 
     def finish_case(self, body: dict) -> dict:
         g = self.gateway
@@ -239,6 +272,32 @@ def _case_from(body: dict, now: float) -> dict:
             "window_no": body["window_no"][:30], "user_prop": body.get("user_prop"), "finished_at": float(finished_at)}
 
 
+# (method, path under /api/v1 with * for one part, roles that may call it, audit action or None)
+ROUTES = [
+    ("GET", "openapi.json", set(access.ROLES), None),
+    ("POST", "cases", {"window"}, None),
+    ("GET", "cases/*", {"window", "manager", "auditor"}, "read_case"),
+    ("POST", "cases/*/cancel", {"window"}, None),
+    ("GET", "devices", {"technician", "manager", "auditor"}, None),
+    ("PUT", "devices/*", {"technician"}, "register_device"),
+    ("PUT", "devices/*/config", {"technician"}, "configure_device"),
+    ("GET", "ratings", {"manager", "auditor"}, "read_ratings"),
+    ("GET", "audit", {"auditor"}, "read_audit"),
+]
+
+
+def _match(method: str, parts: list[str]) -> tuple[tuple, list[str]]:
+    """The route for a path (below /api/v1) and the path parts its stars stand for; 404 or 405 if none."""
+    allowed = False
+    for route in ROUTES:
+        pattern = route[1].split("/")
+        if len(pattern) == len(parts) and all(p in ("*", part) for p, part in zip(pattern, parts)):
+            if route[0] == method:
+                return route, [part for p, part in zip(pattern, parts) if p == "*"]
+            allowed = True
+    raise ApiError(405 if allowed else 404, "method not allowed here" if allowed else "no such path")
+
+
 OPENAPI = {
     "openapi": "3.0.3",
     "info": {"title": "hcp-gateway case API", "version": "1"},
@@ -336,11 +395,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         try:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             if path.startswith("/api/"):
-                self.api.authorise(self.headers.get("Authorization"))
-                self._json(200, self._api(method, path))
-            elif path.startswith("/w/"):
+                self._api(method, path, query)
+                return
+            wait = self.api.page_limit.wait_s(self.client_address[0])
+            if wait:
+                raise ApiError(429, "请求过于频繁,请稍后再试", retry_after=wait)
+            if path.startswith("/w/"):
                 self._window(method, urllib.parse.unquote(path[3:]))
             elif path.startswith("/r/") and method == "GET":
                 self._citizen_page(path[3:])
@@ -350,33 +412,37 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 raise ApiError(404, "no such path")
         except ApiError as e:
+            headers = {"Retry-After": str(max(1, round(e.retry_after)))} if e.retry_after else {}
             if self.path.startswith(("/r/", "/w/")):
-                self._html(e.status, _page("提交未成功", f"<p>{html.escape(e.message)}</p>"))
+                self._html(e.status, _page("提交未成功", f"<p>{html.escape(e.message)}</p>"), headers)
             else:
-                self._json(e.status, {"error": e.message, "field": e.field})
+                self._json(e.status, {"error": e.message, "field": e.field}, headers)
         except Exception:  # noqa: BLE001 - a client gets a 500, the log gets the details
             log.exception("request %s %s failed", method, self.path.split("?")[0][:80])
             self._json(500, {"error": "internal error"})
 
-    def _api(self, method: str, path: str) -> dict:
-        parts = path.strip("/").split("/")  # api v1 cases [ref] [cancel]
+    def _api(self, method: str, path: str, query: str) -> None:
+        parts = path.strip("/").split("/")
         if parts[:2] != ["api", "v1"]:
             raise ApiError(404, "unknown API version; this gateway speaks /api/v1")
-        if parts[2:] == ["openapi.json"] and method == "GET":
-            return OPENAPI
-        if parts[2:] == ["cases"] and method == "POST":
-            return self.api.finish_case(self._json_body())
-        if len(parts) == 4 and parts[2] == "cases" and method == "GET":
-            return self.api.case_state(parts[3])
-        if len(parts) == 5 and parts[2] == "cases" and parts[4] == "cancel" and method == "POST":
-            return self.api.cancel_case(parts[3])
-        if parts[2:] == ["devices"] and method == "GET":
-            return self.api.devices()
-        if len(parts) == 4 and parts[2] == "devices" and method == "PUT":
-            return self.api.register(parts[3], self._json_body())
-        if len(parts) == 5 and parts[2] == "devices" and parts[4] == "config" and method == "PUT":
-            return self.api.configure(parts[3], self._json_body())
-        raise ApiError(404, "no such path")
+        route, args = _match(method, parts[2:])
+        caller = self.api.authorise(self.headers.get("Authorization"), route[2])
+        api, params = self.api, parse_qs(query)
+        calls = {
+            "openapi.json": lambda: OPENAPI,
+            "cases": lambda: api.finish_case(self._json_body()),
+            "cases/*": lambda: api.case_state(*args),
+            "cases/*/cancel": lambda: api.cancel_case(*args),
+            "devices": lambda: api.devices(),
+            "devices/*": lambda: api.register(*args, self._json_body()),
+            "devices/*/config": lambda: api.configure(*args, self._json_body()),
+            "ratings": lambda: api.ratings(params),
+            "audit": lambda: api.audit_log(params),
+        }
+        answer = calls[route[1]]()
+        if route[3]:
+            api.audit(caller, route[3], f"{method} {path}" + (f"?{query}" if query else ""))
+        self._json(200, answer)
 
     def _window(self, method: str, rest: str) -> None:
         window_no, _, action = rest.partition("/")
@@ -425,17 +491,19 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "the body must be a JSON object")
         return body
 
-    def _json(self, status: int, body: dict) -> None:
-        self._send(status, "application/json; charset=utf-8", json.dumps(body, ensure_ascii=False).encode())
+    def _json(self, status: int, body: dict, headers: dict | None = None) -> None:
+        self._send(status, "application/json; charset=utf-8", json.dumps(body, ensure_ascii=False).encode(), headers)
 
-    def _html(self, status: int, page: str) -> None:
-        self._send(status, "text/html; charset=utf-8", page.encode())
+    def _html(self, status: int, page: str, headers: dict | None = None) -> None:
+        self._send(status, "text/html; charset=utf-8", page.encode(), headers)
 
-    def _send(self, status: int, content_type: str, data: bytes) -> None:
+    def _send(self, status: int, content_type: str, data: bytes, headers: dict | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 

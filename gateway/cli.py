@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from gateway import db, logs, report, settings
+from gateway.access import ROLES
 from protocol import codec
 
 CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
@@ -74,14 +75,17 @@ def sample_config() -> None:
 
 @main.command("hash-key")
 @click.argument("key")
-def hash_key(key: str) -> None:
-    """Print the SHA-256 of an API key, for api.keys (the gateway never stores the key itself).
+@click.option("--name", required=True, help="Who holds the key: the name the audit log shows (e.g. erp, tech1).")
+@click.option("--role", "roles", multiple=True, required=True, type=click.Choice(sorted(ROLES)),
+              help="What the key may do; repeat for several. " + "; ".join(f"{r}: {h}" for r, h in ROLES.items()))
+def hash_key(key: str, name: str, roles: tuple[str, ...]) -> None:
+    """Print the api.keys entry for an API key: NAME:ROLES:SHA256 (the gateway never stores the key itself).
 
-    Example: hcp-gateway hash-key "$(openssl rand -hex 24)"
+    Example: hcp-gateway hash-key "$(openssl rand -hex 24)" --name erp --role window
     """
-    from gateway.api import hash_key as digest
+    from gateway.access import key_entry
 
-    click.echo(digest(key))
+    click.echo(key_entry(key, roles, name))
 
 
 @main.command()

@@ -98,6 +98,13 @@ CREATE TABLE tokens (                               -- one per case: the citizen
 ALTER TABLE devices ADD COLUMN config TEXT;         -- the retained config last pushed (JSON); its ver is config_sent
 ALTER TABLE devices ADD COLUMN config_sent INTEGER;
 """),
+    ("append-only audit log and device credentials", """
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+ALTER TABLE devices ADD COLUMN mqtt_hash TEXT;      -- the broker password's hash (Mosquitto PBKDF2 form)
+ALTER TABLE devices ADD COLUMN command_key TEXT;    -- hex HMAC key: prompts and configs the device accepts
+ALTER TABLE devices ADD COLUMN revoked_at REAL;     -- retired or stolen: no broker account, messages refused
+"""),
 ]
 
 

@@ -68,19 +68,25 @@ EXPORT_COLUMNS = ["rating_id", "origin", "channel", "case_ref", "level", "满意
                   "assessed_at", "forward_state"]
 
 
-def export_csv(database, start: dt.date, end: dt.date, public_only: bool = False) -> str:
-    """Ratings assessed from `start` to `end` inclusive (China dates) as CSV."""
+def export_rows(database, start: dt.date, end: dt.date, public_only: bool = False) -> list[dict]:
+    """Ratings assessed from `start` to `end` inclusive (China dates), oldest first; no comments, no names."""
     lo = dt.datetime.combine(start, dt.time(), CHINA).timestamp()
     hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), CHINA).timestamp()
     rows = database.execute(
         "SELECT r.id, r.origin, r.channel, r.case_ref, r.level, r.public, r.reasons, r.assessed_at, o.state "
         "FROM ratings r LEFT JOIN outbox o ON o.rating_id = r.id WHERE r.assessed_at >= ? AND r.assessed_at < ? "
         + ("AND r.public = 1 " if public_only else "") + "ORDER BY r.assessed_at, r.id", (lo, hi))
+    return [dict(zip(EXPORT_COLUMNS, (rid, origin, channel, case_ref or "", level, LEVEL_LABELS[LEVELS.index(level)],
+                                      public, reasons or "",
+                                      dt.datetime.fromtimestamp(assessed_at, CHINA).strftime("%Y-%m-%d %H:%M:%S"),
+                                      state or "")))
+            for rid, origin, channel, case_ref, level, public, reasons, assessed_at, state in rows]
+
+
+def export_csv(database, start: dt.date, end: dt.date, public_only: bool = False) -> str:
+    """The same rows as CSV."""
     out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(EXPORT_COLUMNS)
-    for rid, origin, channel, case_ref, level, public, reasons, assessed_at, state in rows:
-        when = dt.datetime.fromtimestamp(assessed_at, CHINA).strftime("%Y-%m-%d %H:%M:%S")
-        writer.writerow([rid, origin, channel, case_ref or "", level, LEVEL_LABELS[LEVELS.index(level)],
-                         public, reasons or "", when, state or ""])
+    writer = csv.DictWriter(out, EXPORT_COLUMNS)
+    writer.writeheader()
+    writer.writerows(export_rows(database, start, end, public_only))
     return out.getvalue()

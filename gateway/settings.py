@@ -71,8 +71,12 @@ SETTINGS = [
     Setting("api.port", 8781, "Port of the case API and the rating pages (0: any free port)."),
     Setting("api.public_url", "http://127.0.0.1:8781", "Base URL phones reach the rating pages at; QR codes "
             "on the evaluators point there."),
-    Setting("api.keys", [], "SHA-256 hex digests of the API keys allowed to call /api (Authorization: "
-            "Bearer KEY); `hcp-gateway hash-key KEY` prints one.", list),
+    Setting("api.keys", [], "Who may call /api (Authorization: Bearer KEY): entries NAME:ROLE[+ROLE]:SHA256 with "
+            "roles window, technician, manager, auditor; `hcp-gateway hash-key KEY --name erp --role window` "
+            "prints one. The keys themselves are never stored.", list),
+    Setting("api.rate_per_minute", 600, "API calls one key may make a minute (bursts of as many); more get 429."),
+    Setting("api.page_rate_per_minute", 60, "Rating-page requests one client address may make a minute; more get "
+            "429."),
     Setting("cases.prompt_s", 30, "Seconds an evaluator accepts a press for a prompted case."),
     Setting("http.host", "127.0.0.1", "Address of /healthz and /metrics."),
     Setting("http.port", 8780, "Port of /healthz and /metrics (0: any free port)."),
@@ -123,7 +127,17 @@ def _check(setting: Setting, value):
 
 
 def _check_combinations(config: Config) -> None:
+    from gateway import access
     from protocol import codec, upstream
+
+    for entry in config["api.keys"]:
+        try:
+            access.parse_entry(entry)
+        except (ValueError, AttributeError) as e:
+            raise ConfigError(str(e)) from None
+    for name in ("api.rate_per_minute", "api.page_rate_per_minute"):
+        if config[name] < 1:
+            raise ConfigError(f"{name} must be at least 1")
 
     if codec.HALL(config["gateway.hall"]):
         raise ConfigError(f"gateway.hall {config['gateway.hall']!r}: 1-32 of A-Z a-z 0-9 _ -")

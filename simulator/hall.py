@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from gateway import settings
-from gateway.api import hash_key
+from gateway.access import key_entry
 from simulator.broker import Broker, free_port
 from simulator.province import Province
 
@@ -96,7 +96,8 @@ class Hall:
         self.province.start()
         values = {"gateway.hall": self.hall, "mqtt.port": self.broker.port, "store.path": str(self.db_path),
                   "http.port": self.monitor_port, "api.port": self.api_port, "api.public_url": self.api_url,
-                  "api.keys": [hash_key(self.api_key)], "upstream.url": self.province.url,
+                  "api.keys": [key_entry(self.api_key, ("window", "technician"), "sim-hall")],
+                  "api.rate_per_minute": 100000, "api.page_rate_per_minute": 100000, "upstream.url": self.province.url,
                   "upstream.app_key": APP_KEY, "upstream.app_secret": self.app_secret, "upstream.area_code": AREA,
                   "upstream.backoff_base_s": 0.2, "upstream.backoff_max_s": 2.0, "upstream.timeout_s": 3.0,
                   **self._gateway_values}

@@ -12,11 +12,13 @@ import urllib.request
 import pytest
 import zxingcpp
 
-from gateway.api import hash_key, mask_name
+from gateway.access import key_entry
+from gateway.api import mask_name
 from gateway.clock import ManualClock
 from tests.helpers import DEPT, register_device, wait_until
 
 KEY = "window-system-key-0123456789"
+KEYS = [key_entry(KEY, ["window", "technician"], "erp")]
 
 
 def call(gateway, method: str, path: str, body=None, key: str | None = KEY, form: dict | None = None):
@@ -47,7 +49,7 @@ def case_body(project_no: str = "3611022026112900017", **changes) -> dict:
 @pytest.fixture
 def api_gateway(gateway_factory, province):
     def start(**overrides):
-        gateway = gateway_factory(province.url, **{"api.keys": [hash_key(KEY)], **overrides})
+        gateway = gateway_factory(province.url, **{"api.keys": KEYS, **overrides})
         register_device(gateway.writer, "W01", window_no="A01")
         return gateway
     return start
@@ -153,7 +155,7 @@ def test_a_case_nobody_rates_gets_its_default_rating_on_the_right_working_day(ga
     clock = ManualClock(finished)
     province = Province(tmp_path / "p.db", APP_KEY, APP_SECRET, clock=clock.now).start()
     try:
-        gateway = gateway_factory(province.url, clock=clock, **{"api.keys": [hash_key(KEY)]})
+        gateway = gateway_factory(province.url, clock=clock, **{"api.keys": KEYS})
         register_device(gateway.writer, "W01", window_no="A01")
         case = json.loads(call(gateway, "POST", "/api/v1/cases", case_body(finished_at=finished))[1])
         assert case["deadline"] == 1791561600.0  # end of 2026-10-09, the 5th working day

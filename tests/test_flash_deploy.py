@@ -91,9 +91,9 @@ def test_clear_errors_for_a_missing_port_and_a_silent_one(tmp_path, firmware_tre
 
 def test_a_roster_batch_provisions_boards_and_reports_the_broken_one(tmp_path, firmware_tree, broker,
                                                                        gateway_factory):
-    from gateway.api import hash_key
+    from gateway.access import key_entry
 
-    gateway = gateway_factory(**{"api.keys": [hash_key("technician-key")]})
+    gateway = gateway_factory(**{"api.keys": [key_entry("technician-key", ["technician"], "tech")]})
     boards = [SerialBoard(tmp_path / f"board{i}").start() for i in range(4)]
     dead = socket.socket()  # a fifth board that never answers
     dead.bind(("127.0.0.1", 0))

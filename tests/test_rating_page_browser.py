@@ -11,11 +11,12 @@ import pytest
 import zxingcpp
 from playwright.sync_api import sync_playwright
 
-from gateway.api import hash_key
+from gateway.access import key_entry
 from simulator.broker import free_port
 from tests.helpers import DEPT, register_device, wait_until
 
 KEY = "window-system-key-0123456789"
+KEYS = [key_entry(KEY, ["window", "technician"], "erp")]
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync"]
 
@@ -32,7 +33,7 @@ def browser():
 
 def test_rating_by_phone_from_the_evaluators_qr(gateway_factory, sim_device, province, browser):
     port = free_port()
-    gateway = gateway_factory(province.url, **{"api.keys": [hash_key(KEY)], "api.port": port,
+    gateway = gateway_factory(province.url, **{"api.keys": KEYS, "api.port": port,
                                                "api.public_url": f"http://127.0.0.1:{port}"})
     register_device(gateway.writer, "W01", window_no="A01")
     device = sim_device("W01")
