@@ -16,7 +16,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
 
-from gateway import access, cases, prompts, ratings, report
+from gateway import access, brokerauth, cases, prompts, ratings, report
 from gateway.httpservice import HttpService
 from protocol import codec
 
@@ -137,7 +137,7 @@ class Api(HttpService):
     def devices(self, dev: str | None = None) -> dict:
         cursor = self.gateway.reader.execute(
             "SELECT dev, hall, window_no, dept_code, dept_name, staff_no, state, fw, boot, uptime_s, heap, rssi, "
-            "outbox, last_error, config_ver, config_sent, config, last_seen FROM devices "
+            "outbox, last_error, config_ver, config_sent, config, last_seen, revoked_at FROM devices "
             "WHERE ? IS NULL OR dev = ? ORDER BY dev", (dev, dev))
         columns = [d[0] for d in cursor.description]
         return {"devices": [dict(zip(columns, row)) for row in cursor.fetchall()]}
@@ -158,6 +158,26 @@ class Api(HttpService):
             "ON CONFLICT (dev) DO UPDATE SET window_no = coalesce(excluded.window_no, window_no), "
             "dept_code = coalesce(excluded.dept_code, dept_code), dept_name = coalesce(excluded.dept_name, "
             "dept_name), staff_no = coalesce(excluded.staff_no, staff_no)", (dev, hall, *values)))
+        return self._device(dev)
+
+    def issue_credentials(self, dev: str) -> dict:
+        """A device's broker account and command key, shown this once (provisioning writes them to the device)."""
+        g = self.gateway
+        try:
+            issued = g.writer.call(lambda conn: brokerauth.issue(conn, dev))
+        except brokerauth.CredentialError as e:
+            raise ApiError(404 if "no device" in str(e) else 409, str(e)) from None
+        brokerauth.write_files(g.reader, g.config)
+        g.ingest.gate.refresh()
+        return issued
+
+    def revoke(self, dev: str) -> dict:
+        """Retire a device at once: its broker account goes, its messages are refused from now on."""
+        g = self.gateway
+        if not g.writer.call(lambda conn: brokerauth.revoke(conn, dev, g.clock.now())):
+            raise ApiError(404, f"no device {dev}")
+        brokerauth.write_files(g.reader, g.config)
+        g.ingest.gate.refresh()
         return self._device(dev)
 
     def configure(self, dev: str, body: dict) -> dict:
@@ -212,7 +232,8 @@ class Api(HttpService):
                              needs_space=True)
 
     def device_of_window(self, window_no: str) -> str | None:
-        row = self.gateway.reader.execute("SELECT dev FROM devices WHERE window_no = ? ORDER BY last_seen DESC",
+        row = self.gateway.reader.execute("SELECT dev FROM devices WHERE window_no = ? AND revoked_at IS NULL "
+                                          "ORDER BY last_seen DESC",
                                           (window_no,)).fetchone()
         return row[0] if row else None
 
@@ -281,6 +302,8 @@ ROUTES = [
     ("GET", "devices", {"technician", "manager", "auditor"}, None),
     ("PUT", "devices/*", {"technician"}, "register_device"),
     ("PUT", "devices/*/config", {"technician"}, "configure_device"),
+    ("POST", "devices/*/credentials", {"technician"}, "issue_credentials"),
+    ("POST", "devices/*/revoke", {"technician"}, "revoke_device"),
     ("GET", "ratings", {"manager", "auditor"}, "read_ratings"),
     ("GET", "audit", {"auditor"}, "read_audit"),
 ]
@@ -338,6 +361,15 @@ OPENAPI = {
             "parameters": [{"name": "dev", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": {"description": "the device, config_sent is the new version"},
                           "400": {"description": "not a valid config"}, "404": {"description": "no such device"}}}},
+        "/api/v1/devices/{dev}/credentials": {"post": {
+            "summary": "Issue the device's broker account and command key (replacing any before); shown once",
+            "parameters": [{"name": "dev", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "mqtt_user, mqtt_password, command_key"},
+                          "404": {"description": "no such device"}, "409": {"description": "revoked"}}}},
+        "/api/v1/devices/{dev}/revoke": {"post": {
+            "summary": "Retire a device (stolen, broken): broker account removed, its messages refused",
+            "parameters": [{"name": "dev", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the device"}, "404": {"description": "no such device"}}}},
         "/api/v1/cases/{case_ref}/cancel": {"post": {
             "summary": "Cancel an open case and withdraw its prompt",
             "parameters": [{"name": "case_ref", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -436,6 +468,8 @@ class _Handler(BaseHTTPRequestHandler):
             "devices": lambda: api.devices(),
             "devices/*": lambda: api.register(*args, self._json_body()),
             "devices/*/config": lambda: api.configure(*args, self._json_body()),
+            "devices/*/credentials": lambda: api.issue_credentials(*args),
+            "devices/*/revoke": lambda: api.revoke(*args),
             "ratings": lambda: api.ratings(params),
             "audit": lambda: api.audit_log(params),
         }

@@ -128,8 +128,43 @@ def export(config_path: Path | None, start: dt.datetime, end: dt.datetime, publi
 
     Example: hcp-gateway export --config gateway.toml --from 2026-11-01 --to 2026-11-30 > november.csv
     """
-    database = open_readonly(load_config(config_path))
+    config = load_config(config_path)
+    database = open_readonly(config)
     click.echo(report.export_csv(database, start.date(), end.date(), public_only), nl=False)
+    _audit(config, "export_ratings", f"{start.date()}..{end.date()}" + (" public only" if public_only else ""))
+
+
+@main.command()
+@click.argument("device")
+@CONFIG_OPTION
+def revoke(device: str, config_path: Path | None) -> None:
+    """Retire a device that is stolen or broken: its broker account goes at once (the broker reloads its
+    accounts) and the gateway refuses its messages from now on. To bring it back, provision it under a new id.
+
+    Example: hcp-gateway revoke W01-A --config gateway.toml
+    """
+    from gateway import brokerauth
+
+    config = load_config(config_path)
+    database = db.connect(Path(config["store.path"]))
+    try:
+        if not brokerauth.revoke(database.conn, device, time.time()):
+            raise click.ClickException(f"no device {device} in the registry")
+        brokerauth.write_files(database, config)
+    finally:
+        database.conn.close()
+    _audit(config, "revoke_device", device)
+    click.echo(f"{device} revoked")
+
+
+def _audit(config: dict, action: str, detail: str) -> None:
+    """Append to the audit log as the operating-system user who ran the command."""
+    database = db.connect(Path(config["store.path"]))
+    try:
+        database.conn.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+                              (time.time(), f"cli:{getpass.getuser()}", action, detail))
+    finally:
+        database.conn.close()
 
 
 @main.command()

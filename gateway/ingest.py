@@ -19,13 +19,49 @@ from collections import defaultdict, deque
 
 import paho.mqtt.client as mqtt
 
-from gateway import ratings
+from gateway import db, ratings
 from gateway.store import StorageFull, Writer
 from protocol import codec
 
 log = logging.getLogger("gateway.ingest")
 READS_PER_WAKE = 64
 RESUME_CHECK_S = 5.0
+REGISTRY_CHECK_S = 5.0
+
+
+class DeviceGate:
+    """Which devices may send: registered and not revoked (mqtt.registered_only). Read from the registry
+    every few seconds, and at once when the gateway itself changes it."""
+
+    def __init__(self, config: dict, clock):
+        self.enabled = config["mqtt.registered_only"]
+        self.path = config["store.path"]
+        self.clock = clock
+        self.allowed: set[str] = set()
+        self.revoked: set[str] = set()
+        self.checked_at = float("-inf")
+
+    def refresh(self) -> None:
+        if not self.enabled:
+            return
+        reader = db.connect(self.path, readonly=True)
+        try:
+            rows = reader.execute("SELECT dev, revoked_at IS NOT NULL FROM devices").fetchall()
+        finally:
+            reader.conn.close()
+        self.allowed = {dev for dev, revoked in rows if not revoked}
+        self.revoked = {dev for dev, revoked in rows if revoked}
+        self.checked_at = self.clock.now()
+
+    def refusal(self, dev: str) -> str | None:
+        """None if `dev` may send, else the reject code."""
+        if not self.enabled or dev in self.allowed:
+            return None
+        if self.clock.now() - self.checked_at > REGISTRY_CHECK_S:  # registered a moment ago, perhaps
+            self.refresh()
+            if dev in self.allowed:
+                return None
+        return "revoked" if dev in self.revoked else "unknown_device"
 
 
 class Ingest:
@@ -38,6 +74,7 @@ class Ingest:
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker confirmed the subscription (and so the session)
         self.paused = False
+        self.gate = DeviceGate(config, clock)
         self.counts = defaultdict(int)  # stored, duplicate, already_rated, rejected, status, refused
         # What the current batch releases once committed: (device, rating id, topic, payload, mid) where a
         # rating has a device and rating id, anything else a topic and payload to publish (or none).
@@ -67,6 +104,7 @@ class Ingest:
         return client
 
     def start(self) -> None:
+        self.gate.refresh()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._thread.start()
 
@@ -175,6 +213,10 @@ class Ingest:
         except codec.ProtocolError as e:
             self._reject(message, e, now)
             return
+        refusal = self.gate.refusal(dev)
+        if refusal:
+            self._reject(message, codec.ProtocolError(refusal, "dev", f"device {dev} may not send here"), now)
+            return
         if msg["k"] == "rating":
             self.writer.submit_item(self._store_ratings, ratings.from_device(hall, msg, now),
                                     lambda result: self._after_rating(dev, msg["id"], message.mid, result),
@@ -234,7 +276,9 @@ class Ingest:
             self._refused(result)
             return
         self.counts["rejected"] += 1
-        if dev is None:  # no device to answer: the topic was not one of ours
+        # No device to answer (the topic was not one of ours), or one the registry does not know: no reject,
+        # which would make it drop the rating. It keeps it, sending again, until someone registers it.
+        if dev is None or error.code in ("unknown_device", "revoked"):
             self._committed.append((None, None, None, None, mid))
             return
         reject = {"v": 1, "k": "reject", "ref": ref, "code": error.code, "detail": str(error)[:200]}

@@ -5,7 +5,7 @@ import logging
 import signal
 import threading
 
-from gateway import db, report
+from gateway import brokerauth, db, report
 from gateway.api import Api
 from gateway.cases import Housekeeping
 from gateway.clock import Clock
@@ -42,6 +42,7 @@ class Gateway:
         """Start every part; StorageError if the database cannot be used, OSError if the port is taken."""
         self.writer.start()
         self.reader = db.Reader(self.config["store.path"])
+        brokerauth.write_files(self.reader, self.config)  # the broker's accounts as the registry has them
         self.notifier = Notifier(self.config, self.writer, self.clock, self.reader)
         self.monitor = Monitor(self.config["http.host"], self.config["http.port"], self)
         self.api = Api(self)

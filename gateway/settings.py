@@ -37,6 +37,11 @@ SETTINGS = [
     Setting("mqtt.username", "", "Broker user name (empty: anonymous)."),
     Setting("mqtt.password", "", "Broker password."),
     Setting("mqtt.keepalive_s", 30, "MQTT keepalive in seconds."),
+    Setting("mqtt.registered_only", True, "Refuse (and record) messages from devices not in the registry or revoked."),
+    Setting("broker.password_file", "", "Mosquitto password_file the gateway writes from the registry: an account "
+            "per device and one for the gateway (mqtt.username). Empty: the gateway does not manage accounts."),
+    Setting("broker.acl_file", "", "Mosquitto acl_file the gateway writes beside it: each device its own topics."),
+    Setting("broker.pid_file", "", "File holding the broker's process id, signalled (SIGHUP) to reload accounts."),
     Setting("store.path", "gateway.db", "The SQLite database file."),
     Setting("store.batch_max", 500, "Most messages stored in one transaction (group commit)."),
     Setting("store.batch_wait_ms", 5, "Longest wait to fill a group commit once a message is waiting."),
@@ -135,6 +140,10 @@ def _check_combinations(config: Config) -> None:
             access.parse_entry(entry)
         except (ValueError, AttributeError) as e:
             raise ConfigError(str(e)) from None
+    if config["broker.password_file"] and not (config["broker.acl_file"] and config["mqtt.username"]
+                                               and config["mqtt.password"]):
+        raise ConfigError("broker.password_file needs broker.acl_file, and mqtt.username and mqtt.password for the "
+                          "gateway's own account")
     for name in ("api.rate_per_minute", "api.page_rate_per_minute"):
         if config[name] < 1:
             raise ConfigError(f"{name} must be at least 1")

@@ -1,6 +1,7 @@
 """A private Mosquitto broker on loopback, for the demo, the simulator and the tests."""
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -55,8 +56,11 @@ class Broker:
     The port stays the same across restart(), so clients can reconnect.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, settings: tuple[str, ...] | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, settings: tuple[str, ...] | None = None,
+                 accounts: tuple[Path, Path] | None = None):
         self.workdir = Path(workdir)
+        self.accounts = accounts  # (password_file, acl_file): no anonymous clients, each account its topics
+        self.pid_path = self.workdir / "mosquitto.pid"  # the gateway signals this pid to reload accounts
         self.port = port or free_port()
         self.settings = gateway_settings() if settings is None else settings
         self.proc: subprocess.Popen | None = None
@@ -70,7 +74,11 @@ class Broker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            *(("allow_anonymous false", f"password_file {self.accounts[0]}", f"acl_file {self.accounts[1]}",
+                "use_username_as_clientid true") if self.accounts else ("allow_anonymous true",)),
+            # Run as whoever started it: as root, mosquitto would switch to its own user, which can neither write
+            # the log and persistence in this folder nor read the account files the gateway keeps.
+            f"user {getpass.getuser()}",
             f"persistence_location {self.workdir}/",
             f"log_dest file {self.log_path}",
             "log_type error",
@@ -91,6 +99,7 @@ class Broker:
         if not wait_for_port(self.port, timeout, self.proc):
             self.stop()
             raise BrokerError(f"mosquitto did not start on port {self.port}: {self.log_tail()}")
+        self.pid_path.write_text(str(self.proc.pid))
         return self
 
     def stop(self) -> None:

@@ -33,7 +33,8 @@ def gateway_config(broker_port: int, db_path, province_url: str = "", **override
               "api.port": 0,
               "upstream.url": province_url, "upstream.app_key": APP_KEY, "upstream.app_secret": APP_SECRET,
               "upstream.area_code": "361102", "upstream.backoff_base_s": 0.05, "upstream.backoff_max_s": 0.5,
-              "upstream.timeout_s": 2.0}
+              "upstream.timeout_s": 2.0,
+              "mqtt.registered_only": False}  # most tests use devices nobody registered; tests/test_security.py does
     values.update(overrides)
     return settings.load(None, values)
 
