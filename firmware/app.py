@@ -33,6 +33,9 @@ class App:
             if name in self.TUNABLE:
                 setattr(self, name, value)
         self.dev, self.hall = site["device"], site["hall"]
+        # With a command key (from provisioning), only messages the gateway signed with it are obeyed: a
+        # rogue publisher on the hall network cannot show a fake QR code or ack away a rating.
+        self.command_key = site.get("command_key")
         flash = board.flash
         self.config_path = flash + "/config.json"
         self.config = settings.load_config(self.config_path)
@@ -174,8 +177,12 @@ class App:
     # ---- from the gateway ----
 
     def _on_message(self, topic, payload, retained):
+        name = topic.decode()
+        if self.command_key and not codec.signed_by(name, payload, self.command_key):
+            self._error("unsigned message ignored: " + name[-16:])
+            return
         try:
-            hall, dev, message = codec.decode_from(topic.decode(), payload)
+            hall, dev, message = codec.decode_from(name, payload)
         except codec.ProtocolError as e:
             self._error("bad message: " + str(e))
             return

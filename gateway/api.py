@@ -194,6 +194,8 @@ class Api(HttpService):
             payload = codec.encode(message)
         except codec.ProtocolError as e:
             raise ApiError(400, f"config: {e}", e.field) from None
+        if len(payload) + codec.SIGNED_OVERHEAD > codec.MAX_MESSAGE:  # it goes out signed (protocol/codec.py)
+            raise ApiError(400, f"config: {len(payload)} bytes leave no room for the device's mac; shorten the texts")
         g.writer.call(lambda conn: conn.execute("UPDATE devices SET config = ?, config_sent = ? WHERE dev = ?",
                                                 (payload.decode(), message["ver"], dev)))
         g.ingest.send(codec.topic(g.config["gateway.hall"], dev, "config"), payload, retain=True)

@@ -39,18 +39,18 @@ class DeviceGate:
         self.clock = clock
         self.allowed: set[str] = set()
         self.revoked: set[str] = set()
+        self.keys: dict[str, str] = {}  # device -> command key: what the gateway signs its messages to it with
         self.checked_at = float("-inf")
 
     def refresh(self) -> None:
-        if not self.enabled:
-            return
         reader = db.connect(self.path, readonly=True)
         try:
-            rows = reader.execute("SELECT dev, revoked_at IS NOT NULL FROM devices").fetchall()
+            rows = reader.execute("SELECT dev, revoked_at IS NOT NULL, command_key FROM devices").fetchall()
         finally:
             reader.conn.close()
-        self.allowed = {dev for dev, revoked in rows if not revoked}
-        self.revoked = {dev for dev, revoked in rows if revoked}
+        self.allowed = {dev for dev, revoked, _ in rows if not revoked}
+        self.revoked = {dev for dev, revoked, _ in rows if revoked}
+        self.keys = {dev: key for dev, revoked, key in rows if key and not revoked}
         self.checked_at = self.clock.now()
 
     def refusal(self, dev: str) -> str | None:
@@ -244,12 +244,19 @@ class Ingest:
             for dev, ids in acks.items():
                 for start in range(0, len(ids), 32):
                     ack = {"v": 1, "k": "ack", "ids": ids[start:start + 32]}
-                    self.client.publish(codec.topic(self.hall, dev, "ack"), codec.encode(ack), qos=1)
+                    topic = codec.topic(self.hall, dev, "ack")
+                    self.client.publish(topic, self._signed(dev, topic, codec.encode(ack)), qos=1)
             for topic, payload, mid, *retain in sends:
                 if topic is not None:
+                    payload = self._signed(topic.split("/")[3], topic, payload)
                     self.client.publish(topic, payload, qos=1, retain=bool(retain and retain[0]))
                 if mid is not None:
                     self.client.ack(mid, 1)
+
+    def _signed(self, dev: str, topic: str, payload: bytes) -> bytes:
+        """Every message to a device that has a command key carries the mac it checks (protocol/codec.py)."""
+        key = self.gate.keys.get(dev)
+        return codec.sign(topic, payload, key) if key else payload
 
     # ---- after commit (writer thread): note what to send; the network thread sends it ----
 

@@ -2,6 +2,7 @@
 # Runs unchanged on CPython and MicroPython: no dataclasses, no typing, no f-strings with `=`,
 # nothing CPython-only. The firmware build copies this file onto the device.
 import binascii
+import hashlib
 import json
 import sys
 
@@ -497,6 +498,52 @@ def decode_from(name, payload):
     if "dev" in msg and msg["dev"] != dev:
         raise ProtocolError(TOPIC_MISMATCH, "dev", "device id differs from the topic")
     return hall, dev, msg
+
+
+# ---- commands only the gateway can sign ----
+# A down message may end with ,"mac":"<32 hex>"}: HMAC-SHA256 over the topic, a newline and the message
+# without it, truncated to 128 bits, keyed with the device's command key (issued at provisioning). The mac
+# covers the exact bytes sent, so nothing depends on how either side orders JSON keys.
+
+_MAC_HEAD = b',"mac":"'
+_MAC_LENGTH = len(_MAC_HEAD) + 32 + 2  # ,"mac":"<32 hex>"}
+SIGNED_OVERHEAD = _MAC_LENGTH - 1  # what signing adds to a payload; a signed one must fit MAX_MESSAGE too
+
+
+def _hmac_sha256(key, data):
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key + bytes(64 - len(key))
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    inner.update(data)
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def _mac(key_hex, topic, body):
+    return binascii.hexlify(_hmac_sha256(binascii.unhexlify(key_hex), topic.encode() + b"\n" + body)[:16])
+
+
+def sign(topic, payload, key_hex):
+    """The payload (an encoded message) with its mac appended for the device whose key is `key_hex`."""
+    if len(payload) + SIGNED_OVERHEAD > MAX_MESSAGE:
+        raise ProtocolError(TOO_LARGE, None, "no room for the mac")
+    return payload[:-1] + _MAC_HEAD + _mac(key_hex, topic, payload) + b'"}'
+
+
+def signed_by(topic, payload, key_hex):
+    """True when `payload` carries a mac made with `key_hex` for this topic (compared in full, in constant
+    time over its 32 characters)."""
+    if len(payload) <= _MAC_LENGTH or payload[-_MAC_LENGTH:-34] != _MAC_HEAD or payload[-2:] != b'"}':
+        return False
+    body = payload[:-_MAC_LENGTH] + b"}"
+    expected = _mac(key_hex, topic, body)
+    given = payload[-34:-2]
+    difference = 0
+    for a, b in zip(expected, given):
+        difference |= a ^ b
+    return difference == 0
 
 
 # ---- QR module matrix, bit-packed ----

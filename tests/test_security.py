@@ -161,3 +161,45 @@ def test_the_gateway_refuses_devices_the_registry_does_not_know_and_they_keep_th
     stranger.resend()
     wait_until(stranger.all_acked, 10, "the rating stored once the device is registered")
     assert stored(gateway, "W09") == 1
+
+
+def test_the_firmware_obeys_only_what_the_gateway_signed(gateway_factory, sim_device, broker, province):
+    """A rogue client on the broker publishes a prompt with its own QR code: the evaluator ignores it, while
+    the gateway's own signed prompt, config and acks work."""
+    from tests.helpers import register_device
+
+    gateway = gateway_factory(province.url, **{"api.keys": [key_entry(TECH, ["technician", "window"], "t")]})
+    register_device(gateway.writer, "W01", window_no="A01")
+    issued = gateway.writer.call(lambda conn: brokerauth.issue(conn, "W01"))
+    gateway.ingest.gate.refresh()
+    device = sim_device("W01", site_extra={"command_key": issued["command_key"]})
+    wait_until(lambda: gateway.ingest.counts["status"] >= 1, 20, "the device online")
+    errors = device.flash / "errors.log"
+
+    before = device.last_frame
+    rogue = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rogue")
+    rogue.connect("127.0.0.1", broker.port)
+    rogue.loop_start()
+    fake = codec.encode({"v": 1, "k": "prompt", "case": "FAKE1", "text": "请扫码领取补贴",
+                         "qr": {"n": 21, "b": "A" * 76}, "ttl": 30})
+    rogue.publish(codec.topic(HALL, "W01", "prompt"), fake, qos=1).wait_for_publish(10)
+    guessed = codec.sign(codec.topic(HALL, "W01", "prompt"), fake, "00" * 16)  # signed with a guessed key
+    rogue.publish(codec.topic(HALL, "W01", "prompt"), guessed, qos=1).wait_for_publish(10)
+    rogue.loop_stop()
+    wait_until(lambda: errors.exists() and errors.read_text().count("unsigned message ignored") == 2, 10,
+               "the device to refuse both forgeries")
+    assert all(f["kind"] != "prompt" for f in device.frames if f["frame"] > before)
+
+    status, answer = call(gateway, "POST", "/api/v1/cases", {
+        "project_no": "REAL1", "task_code": "T1", "task_name": "不动产登记", "dept_code": "11361100MB1234567X",
+        "staff_no": "N0321", "window_no": "A01"}, key=TECH)
+    assert status == 200, answer
+    device.wait_frame("prompt", after=before, timeout=10)
+    device.press(0)
+    wait_until(lambda: gateway.reader.execute("SELECT case_ref FROM ratings").fetchall() == [("REAL1",)], 10,
+               "the press on the real prompt stored")
+    status, _ = call(gateway, "PUT", "/api/v1/devices/W01/config", {"bright": 35}, key=TECH)
+    assert status == 200
+    wait_until(lambda: gateway.reader.execute("SELECT config_ver FROM devices WHERE dev = 'W01'").fetchone()[0]
+               == 1, 15, "the signed config applied and reported")
+    assert errors.read_text().count("unsigned message ignored") == 2  # the gateway's acks, time, config: all taken
