@@ -35,11 +35,15 @@ class Row:
     def __getitem__(self, name: str) -> str:
         return self.values.get(name) or ""
 
-    def site(self) -> dict:
+    def site(self, credentials: dict | None = None) -> dict:
+        """site.json for this row; `credentials` (from the gateway) give the broker account and command key."""
         site = {"device": self["device"], "hall": self["hall"], "broker": self["broker"],
                 "port": int(self["broker_port"] or 1883), "board": self["board"] or "esp32s3_tft"}
         if self["mqtt_user"]:
             site.update(user=self["mqtt_user"], password=self["mqtt_password"])
+        elif credentials:
+            site.update(user=credentials["mqtt_user"], password=credentials["mqtt_password"],
+                        command_key=credentials["command_key"])
         if self["wifi_ssid"]:
             site["wifi"] = {"ssid": self["wifi_ssid"], "password": self["wifi_password"]}
         return site
@@ -89,6 +93,10 @@ class Gateway:
         body = {"window_no": row["window"], "staff_no": row["staff_no"] or None, "dept_code": row["dept_code"] or None}
         self.call("PUT", f"/api/v1/devices/{row['device']}", body)
 
+    def credentials(self, device: str) -> dict:
+        """The device's broker account and command key, issued now (any earlier ones stop working)."""
+        return self.call("POST", f"/api/v1/devices/{device}/credentials")
+
     def wait_online(self, device: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -112,11 +120,14 @@ def provision(url: str, row: Row, tree: Path | None, gateway: Gateway | None, wa
             raise ProvisionError(f"wrong board kind: the roster says {board}, the board runs MicroPython for "
                                  f"{platform}")
         sent = deploy.deploy(repl, tree, progress).sent if tree else None
-        text = json.dumps(row.site())
-        repl.exec(f"f = open('site.json.new', 'w')\nf.write({text!r})\nf.close()\n"
-                  "import os\nos.rename('site.json.new', 'site.json')")
+        credentials = None
         if gateway:
             gateway.register(row)
+            if not row["mqtt_user"]:  # the hall's broker accounts are the gateway's to issue
+                credentials = gateway.credentials(row["device"])
+        text = json.dumps(row.site(credentials))
+        repl.exec(f"f = open('site.json.new', 'w')\nf.write({text!r})\nf.close()\n"
+                  "import os\nos.rename('site.json.new', 'site.json')")
         repl.soft_reboot()
     finally:
         repl.close()

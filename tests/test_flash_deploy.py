@@ -122,7 +122,11 @@ def test_a_roster_batch_provisions_boards_and_reports_the_broken_one(tmp_path, f
         states = dict(gateway.reader.execute("SELECT dev, window_no FROM devices WHERE state = 'online'").fetchall())
         assert states == {"W10": "A10", "W11": "A11", "W13": "A13", "W14": "A14"}
         site = json.loads((tmp_path / "board0" / "site.json").read_text())
-        assert (site["device"], site["port"]) == ("W10", broker.port)
+        assert (site["device"], site["port"], site["user"]) == ("W10", broker.port, "W10")
+        # Its broker account and command key came from the gateway; the board went online with them, the
+        # gateway signs what it sends it with that key, and neither secret was echoed.
+        (key,), = gateway.reader.execute("SELECT command_key FROM devices WHERE dev = 'W10'").fetchall()
+        assert site["command_key"] == key and site["password"] not in result.output and key not in result.output
 
         boards.append(SerialBoard(tmp_path / "board5").start())  # the broken board is swapped
         ports[2] = boards[-1].url
