@@ -158,6 +158,7 @@ class Api(HttpService):
             "ON CONFLICT (dev) DO UPDATE SET window_no = coalesce(excluded.window_no, window_no), "
             "dept_code = coalesce(excluded.dept_code, dept_code), dept_name = coalesce(excluded.dept_name, "
             "dept_name), staff_no = coalesce(excluded.staff_no, staff_no)", (dev, hall, *values)))
+        self.gateway.ingest.gate.admit(dev)  # its first status may be on the way already
         return self._device(dev)
 
     def issue_credentials(self, dev: str) -> dict:

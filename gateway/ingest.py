@@ -53,6 +53,11 @@ class DeviceGate:
         self.keys = {dev: key for dev, revoked, key in rows if key and not revoked}
         self.checked_at = self.clock.now()
 
+    def admit(self, dev: str) -> None:
+        """A device just registered (a revoked one stays revoked)."""
+        if dev not in self.revoked:
+            self.allowed.add(dev)
+
     def refusal(self, dev: str) -> str | None:
         """None if `dev` may send, else the reject code."""
         if not self.enabled or dev in self.allowed:

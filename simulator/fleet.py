@@ -386,10 +386,11 @@ class Fleet:
         for device in self.virtual:
             for rating_id, (case_ref, _, pressed_at) in device.pressed.items():
                 arrived = by_eval.get(upstream.eval_id(PROFILE.source, device.dev, rating_id))
-                if arrived is not None:
-                    result.latencies.append(arrived - self.hall.offset_s - pressed_at)
-                elif case_ref not in dead:
-                    problem("lost", f"press {rating_id} on {device.dev} is not at the province")
+                if arrived is not None:  # presses all arrive before any days pass: one clock
+                    result.latencies.append(arrived - pressed_at)
+                elif case_ref in by_case:  # (a case with no record at all is counted above)
+                    problem("lost", f"press {rating_id} on {device.dev} is not at the province, though its case "
+                                    f"{case_ref} is")
         for dev, confirmed in self.confirmed_real.items():
             arrived = sum(1 for row in landed if row[2] == PF["device"] and f"-{dev}-" in row[0])
             if arrived < confirmed:
