@@ -341,7 +341,10 @@ OPENAPI = {
                                "dept_name": {"type": "string"}, "staff_no": {"type": "string"},
                                "window_no": {"type": "string"}, "device": {"type": "string"},
                                "user_prop": {"type": "integer", "enum": [1, 2]},
-                               "applicant_name": {"type": "string", "description": "shown masked, never stored"},
+                               "applicant_name": {"type": "string", "description": "shown masked on the "
+                                                  "evaluator (张*丰), never stored, never logged"},
+                               "applicant_cert_no": {"type": "string", "description": "certificate number: "
+                                                     "accepted and dropped; never stored, logged or shown"},
                                "finished_at": {"type": "number", "description": "Unix seconds; default now"}}}}}},
             "responses": {"200": {"description": "the case, its rating URL, whether the evaluator was prompted"},
                           "400": {"description": "bad input"}, "401": {"description": "no valid key"}}}},

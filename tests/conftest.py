@@ -1,6 +1,7 @@
 """Shared fixtures: real Mosquitto processes, the real MicroPython unix port, the repository's paths."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,25 @@ import pytest
 from simulator.broker import Broker
 
 REPO = Path(__file__).resolve().parent.parent
+# What the tests send as an applicant's name and certificate number: tests/test_zz_privacy.py makes sure no
+# log of the run holds either.
+APPLICANT_NAME, APPLICANT_CERT = "张三丰", "36110219800101123X"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_log(tmp_path_factory):
+    """Every log record of the run made in this process (in-process gateways, simulators) also goes to one
+    file under the run's base temporary folder, beside the gateway, broker and device logs of its processes."""
+    path = tmp_path_factory.getbasetemp() / "in-process.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level, root.level = root.level, logging.DEBUG
+    yield path
+    root.removeHandler(handler)
+    root.level = level
+    handler.close()
 
 
 @pytest.fixture

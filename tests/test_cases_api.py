@@ -15,6 +15,7 @@ import zxingcpp
 from gateway.access import key_entry
 from gateway.api import mask_name
 from gateway.clock import ManualClock
+from tests.conftest import APPLICANT_CERT, APPLICANT_NAME
 from tests.helpers import DEPT, register_device, wait_until
 
 KEY = "window-system-key-0123456789"
@@ -41,7 +42,8 @@ def call(gateway, method: str, path: str, body=None, key: str | None = KEY, form
 
 def case_body(project_no: str = "3611022026112900017", **changes) -> dict:
     body = {"project_no": project_no, "task_code": "361100-000-XK-001", "task_name": "不动产登记",
-            "dept_code": DEPT, "staff_no": "N0321", "window_no": "A01", "user_prop": 1, "applicant_name": "张三丰"}
+            "dept_code": DEPT, "staff_no": "N0321", "window_no": "A01", "user_prop": 1,
+            "applicant_name": APPLICANT_NAME, "applicant_cert_no": APPLICANT_CERT}
     body.update(changes)
     return body
 
@@ -85,10 +87,12 @@ def test_a_finished_case_prompts_its_window_and_is_rated_once(api_gateway, sim_d
 
     image = device.screenshot()
     assert [r.text for r in zxingcpp.read_barcodes(image)] == [case["url"]]
-    # The applicant's name reached neither the device nor the gateway's database: only its masked form.
+    # The applicant's name and certificate number reached neither the device nor the gateway's database: the
+    # name only masked on the screen, the number not at all.
     for path in [*device.flash.iterdir(), *gateway.writer.path.parent.glob("gateway.db*")]:
         if path.is_file():
-            assert "张三丰".encode() not in path.read_bytes(), path
+            data = path.read_bytes()
+            assert APPLICANT_NAME.encode() not in data and APPLICANT_CERT.encode() not in data, path
 
     before = device.last_frame
     device.press(0)
