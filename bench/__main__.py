@@ -8,9 +8,17 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import codec_speed, firmware_soak, fleet_capacity, gateway_drain, gateway_ingest, gateway_latency
+from bench import (
+    codec_speed,
+    firmware_soak,
+    firmware_tls,
+    fleet_capacity,
+    gateway_drain,
+    gateway_ingest,
+    gateway_latency,
+)
 
-BENCHMARKS = [codec_speed, gateway_ingest, gateway_latency, gateway_drain, firmware_soak, fleet_capacity]
+BENCHMARKS = [codec_speed, gateway_ingest, gateway_latency, gateway_drain, firmware_soak, firmware_tls, fleet_capacity]
 
 
 def main() -> None:

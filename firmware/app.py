@@ -18,6 +18,19 @@ from screens import Screens
 VERSION = "0.1.0"
 
 
+def tls_context(flash, ca_file):
+    """A TLS client context trusting only the hall CA (ca.der on flash, written at provisioning); None when
+    the site uses plain MQTT. The tls module is imported only then: it costs heap."""
+    if not ca_file:
+        return None
+    import tls
+
+    context = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)  # a client context verifies the broker's certificate
+    with open(flash + "/" + ca_file, "rb") as f:
+        context.load_verify_locations(f.read())
+    return context
+
+
 class App:
     window = 8  # ratings in flight at once; the rest wait in the outbox, oldest first
     resend_ms = 15000  # a rating not acked by then is sent again (the gateway dedupes)
@@ -57,7 +70,8 @@ class App:
         self.mqtt = MQTTClient(board.net, site["broker"], site["port"], self.dev, self._on_message,
                                subscriptions=[(codec.subscription(self.hall, self.dev, codec.DOWN).encode(), 1)],
                                will=(self.status_topic, offline, True, 1),
-                               user=site.get("user"), password=site.get("password"))
+                               user=site.get("user"), password=site.get("password"),
+                               tls=tls_context(flash, site.get("ca")))
         self.buttons = Buttons(board.buttons)
 
     async def run(self):

@@ -19,8 +19,9 @@ class MQTTClient:
     backoff_max_ms = 30000
 
     def __init__(self, net, host, port, client_id, on_message, subscriptions=(), will=None,
-                 user=None, password=None, clean=True):
-        self.net = net  # the board's network: open_connection(host, port) and ticks
+                 user=None, password=None, clean=True, tls=None):
+        self.net = net  # the board's network: open_connection(host, port, tls) and isconnected()
+        self.tls = tls  # an SSLContext that trusts the hall CA, or None for plain MQTT
         self.host, self.port = host, port
         self.client_id = client_id
         self.on_message = on_message  # called as on_message(topic, payload, retained)
@@ -76,7 +77,7 @@ class MQTTClient:
             backoff = min(self.backoff_max_ms, backoff * 2)
 
     async def _connect(self):
-        reader, writer = await asyncio.wait_for_ms(self.net.open_connection(self.host, self.port),
+        reader, writer = await asyncio.wait_for_ms(self.net.open_connection(self.host, self.port, self.tls),
                                                    self.connect_timeout_ms)
         self._reader, self._writer = reader, writer
         writer.write(wire.connect(self.client_id, self.keepalive_s, self.clean, self.will, self.user,

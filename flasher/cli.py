@@ -73,6 +73,8 @@ GATEWAY_OPTIONS = [
     click.option("--tree", type=click.Path(path_type=Path, file_okay=False), default=Path("build/firmware"),
                  show_default=True, help="Firmware tree to deploy first; --no-deploy to skip."),
     click.option("--no-deploy", is_flag=True, help="Only write the site file (the firmware is already there)."),
+    click.option("--ca", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+                 help="The hall CA's ca.der (hcp-gateway ca-init): the board then talks TLS to the broker."),
 ]
 
 
@@ -96,7 +98,7 @@ def _gateway(url, key):
               help="The roster CSV (columns: see `hcp-flash batch --help`).")
 @click.option("--row", "row_number", type=int, required=True, help="Which data row of the roster (1 = first).")
 @gateway_options
-def provision_command(url, roster, row_number, gateway_url, api_key, wait_s, tree, no_deploy) -> None:
+def provision_command(url, roster, row_number, gateway_url, api_key, wait_s, tree, no_deploy, ca) -> None:
     """Give one board its firmware and its site settings, register it with the gateway, reboot it and wait
     until it is online. Secrets from the roster go only to the board.
 
@@ -110,7 +112,8 @@ def provision_command(url, roster, row_number, gateway_url, api_key, wait_s, tre
         if not 1 <= row_number <= len(rows):
             raise click.ClickException(f"the roster has {len(rows)} rows")
         row = rows[row_number - 1]
-        summary = provision.provision(url, row, None if no_deploy else tree, _gateway(gateway_url, api_key), wait_s)
+        summary = provision.provision(url, row, None if no_deploy else tree, _gateway(gateway_url, api_key), wait_s,
+                                      ca=ca)
     except (provision.ProvisionError, ReplError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{row['device']} ({row['window']}): {summary}")
@@ -123,7 +126,7 @@ def provision_command(url, roster, row_number, gateway_url, api_key, wait_s, tre
 @click.option("--port", "url", help="The port every board is plugged into (a row's serial_port wins).")
 @click.option("--yes", is_flag=True, help="Do not ask before each board.")
 @gateway_options
-def batch_command(roster, url, yes, gateway_url, api_key, wait_s, tree, no_deploy) -> None:
+def batch_command(roster, url, yes, gateway_url, api_key, wait_s, tree, no_deploy, ca) -> None:
     """Provision every board of a roster, one after another, then print what succeeded and what failed.
 
     Example: hcp-flash batch --roster roster.csv --port /dev/ttyACM0 --gateway http://gw:8781
@@ -146,7 +149,7 @@ def batch_command(roster, url, yes, gateway_url, api_key, wait_s, tree, no_deplo
         return row["serial_port"] or url
 
     outcomes = provision.batch(rows, port_of, None if no_deploy else tree, _gateway(gateway_url, api_key), wait_s,
-                               ask)
+                               ask, ca)
     width = max(len(row["device"]) for row, _, _ in outcomes)
     click.echo(f"{'device':<{width}}  {'window':<8}  result")
     for row, ok, why in outcomes:

@@ -109,8 +109,9 @@ class Gateway:
 
 
 def provision(url: str, row: Row, tree: Path | None, gateway: Gateway | None, wait_s: float = 60,
-              progress=lambda name, done, total: None) -> str:
-    """Deploy (when `tree` is given), write the site file, register, reboot, wait online. Returns a summary."""
+              progress=lambda name, done, total: None, ca: Path | None = None) -> str:
+    """Deploy (when `tree` is given), register, write the site file (with the broker account and command key
+    the gateway issues, and the hall CA when `ca` is given), reboot, wait online. Returns a summary."""
     repl = RawRepl(url)
     try:
         repl.enter()
@@ -125,7 +126,11 @@ def provision(url: str, row: Row, tree: Path | None, gateway: Gateway | None, wa
             gateway.register(row)
             if not row["mqtt_user"]:  # the hall's broker accounts are the gateway's to issue
                 credentials = gateway.credentials(row["device"])
-        text = json.dumps(row.site(credentials))
+        site = row.site(credentials)
+        if ca:  # the board trusts the hall CA and talks TLS to the broker
+            repl.exec(f"f = open('ca.der', 'wb')\nf.write({Path(ca).read_bytes()!r})\nf.close()")
+            site["ca"] = "ca.der"
+        text = json.dumps(site)
         repl.exec(f"f = open('site.json.new', 'w')\nf.write({text!r})\nf.close()\n"
                   "import os\nos.rename('site.json.new', 'site.json')")
         repl.soft_reboot()
@@ -137,13 +142,13 @@ def provision(url: str, row: Row, tree: Path | None, gateway: Gateway | None, wa
 
 
 def batch(rows: list[Row], port_of, tree: Path | None, gateway: Gateway | None, wait_s: float = 60,
-          before_each=lambda row: None) -> list[tuple[Row, bool, str]]:
+          before_each=lambda row: None, ca: Path | None = None) -> list[tuple[Row, bool, str]]:
     """Provision row after row; a failure is recorded and the batch goes on. Returns (row, ok, why)."""
     outcomes = []
     for row in rows:
         before_each(row)
         try:
-            outcomes.append((row, True, provision(port_of(row), row, tree, gateway, wait_s)))
+            outcomes.append((row, True, provision(port_of(row), row, tree, gateway, wait_s, ca=ca)))
         except (ProvisionError, ReplError, OSError) as e:
             outcomes.append((row, False, str(e)))
     return outcomes

@@ -157,6 +157,29 @@ def revoke(device: str, config_path: Path | None) -> None:
     click.echo(f"{device} revoked")
 
 
+@main.command("ca-init")
+@click.option("--dir", "folder", type=click.Path(path_type=Path), required=True, help="Where the CA's files go.")
+@click.option("--hall", required=True, help="The hall's id, named in the certificates.")
+@click.option("--host", "hosts", multiple=True, required=True,
+              help="A name or IP address devices and the gateway reach the broker at (repeatable).")
+def ca_init(folder: Path, hall: str, hosts: tuple[str, ...]) -> None:
+    """Create the hall's certificate authority and the broker's TLS certificate (never replaces a CA).
+
+    Mosquitto: cafile ca.crt, certfile broker.crt, keyfile broker.key on a TLS-only listener; the gateway:
+    mqtt.tls_ca = ca.crt; each device: ca.der (hcp-flash provision --ca DIR/ca.der).
+
+    Example: hcp-gateway ca-init --dir /etc/hcp/ca --hall 361102-xz --host gw.hall.local --host 10.0.0.2
+    """
+    from gateway import hallca
+
+    try:
+        made = hallca.init(folder, hall, list(hosts))
+    except hallca.CaError as e:
+        raise click.ClickException(str(e)) from None
+    for role, path in made.items():
+        click.echo(f"{role}: {path}")
+
+
 def _audit(config: dict, action: str, detail: str) -> None:
     """Append to the audit log as the operating-system user who ran the command."""
     database = db.connect(Path(config["store.path"]))

@@ -97,6 +97,8 @@ class Ingest:
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.config["mqtt.client_id"],
                              clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
+        if self.config["mqtt.tls_ca"]:
+            client.tls_set(ca_certs=self.config["mqtt.tls_ca"])  # verifies the broker's certificate and name
         if self.config["mqtt.username"]:
             client.username_pw_set(self.config["mqtt.username"], self.config["mqtt.password"])
         # No client-side window for our acks: with one, paho rescans its whole outgoing queue on every

@@ -37,6 +37,8 @@ SETTINGS = [
     Setting("mqtt.username", "", "Broker user name (empty: anonymous)."),
     Setting("mqtt.password", "", "Broker password."),
     Setting("mqtt.keepalive_s", 30, "MQTT keepalive in seconds."),
+    Setting("mqtt.tls_ca", "", "CA certificate (PEM) to verify the broker with over TLS, e.g. the hall CA's ca.crt "
+            "(hcp-gateway ca init). Empty: plain MQTT."),
     Setting("mqtt.registered_only", True, "Refuse (and record) messages from devices not in the registry or revoked."),
     Setting("broker.password_file", "", "Mosquitto password_file the gateway writes from the registry: an account "
             "per device and one for the gateway (mqtt.username). Empty: the gateway does not manage accounts."),
@@ -144,6 +146,8 @@ def _check_combinations(config: Config) -> None:
                                                and config["mqtt.password"]):
         raise ConfigError("broker.password_file needs broker.acl_file, and mqtt.username and mqtt.password for the "
                           "gateway's own account")
+    if config["mqtt.tls_ca"] and not Path(config["mqtt.tls_ca"]).is_file():
+        raise ConfigError(f"mqtt.tls_ca: no CA certificate at {config['mqtt.tls_ca']}")
     for name in ("api.rate_per_minute", "api.page_rate_per_minute"):
         if config[name] < 1:
             raise ConfigError(f"{name} must be at least 1")

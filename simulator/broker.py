@@ -57,10 +57,11 @@ class Broker:
     """
 
     def __init__(self, workdir: Path, port: int | None = None, settings: tuple[str, ...] | None = None,
-                 accounts: tuple[Path, Path] | None = None):
+                 accounts: tuple[Path, Path] | None = None, tls: dict | None = None):
         self.workdir = Path(workdir)
         self.accounts = accounts  # (password_file, acl_file): no anonymous clients, each account its topics
         self.pid_path = self.workdir / "mosquitto.pid"  # the gateway signals this pid to reload accounts
+        self.tls = tls  # the hall CA's files (gateway/hallca.py): the listener speaks TLS only
         self.port = port or free_port()
         self.settings = gateway_settings() if settings is None else settings
         self.proc: subprocess.Popen | None = None
@@ -74,6 +75,8 @@ class Broker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [
             f"listener {self.port} 127.0.0.1",
+            *((f"cafile {self.tls['ca']}", f"certfile {self.tls['certfile']}", f"keyfile {self.tls['keyfile']}",
+               "tls_version tlsv1.2") if self.tls else ()),
             *(("allow_anonymous false", f"password_file {self.accounts[0]}", f"acl_file {self.accounts[1]}",
                 "use_username_as_clientid true") if self.accounts else ("allow_anonymous true",)),
             # Run as whoever started it: as root, mosquitto would switch to its own user, which can neither write

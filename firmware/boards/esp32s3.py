@@ -54,10 +54,12 @@ class Net:
     def isconnected(self):
         return self.wlan.isconnected()
 
-    async def open_connection(self, host, port):
+    async def open_connection(self, host, port, tls=None):
         if not self.wlan.isconnected():
             raise OSError("no Wi-Fi")
-        return await asyncio.open_connection(host, port)
+        if tls is None:
+            return await asyncio.open_connection(host, port)
+        return await asyncio.open_connection(host, port, ssl=tls, server_hostname=host)
 
     def rssi(self):
         try:

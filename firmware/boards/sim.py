@@ -67,10 +67,13 @@ class Net:
         self.plugged = True
         self._open = []
 
-    async def open_connection(self, host, port):
+    async def open_connection(self, host, port, tls=None):
         if not self.plugged:
             raise OSError("network unplugged")
-        reader, writer = await asyncio.open_connection(host, port)
+        if tls is None:
+            reader, writer = await asyncio.open_connection(host, port)
+        else:  # the unix port's mbedTLS, as on the ESP32
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname=host)
         self._open.append(writer)
         return reader, writer
 
