@@ -18,6 +18,7 @@ from gateway import settings
 from gateway.service import Gateway
 from protocol import codec
 from simulator.broker import Broker, find_program
+from tests.helpers import prepare_database
 
 HALL = "bench"
 BACKLOG = 100_000
@@ -95,6 +96,7 @@ def drain_paho(port: int, count: int) -> float:
 
 
 def drain_gateway(port: int, count: int, workdir: Path) -> float:
+    prepare_database(workdir / "gateway.db", [f"D{i:04d}" for i in range(DEVICES)])  # provisioned devices
     config = settings.load(None, {"gateway.hall": HALL, "mqtt.port": port, "mqtt.client_id": SESSIONS[2],
                                   "store.path": str(workdir / "gateway.db"), "http.port": 0, "api.port": 0})
     gateway = Gateway(config)

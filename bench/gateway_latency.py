@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 from bench.gateway_ingest import HALL
 from protocol import codec
 from simulator.broker import Broker, free_port
-from tests.helpers import GatewayProcess, wait_until
+from tests.helpers import GatewayProcess, prepare_database, wait_until
 
 LOAD_PER_S = 500
 PROBES = 500
@@ -83,6 +83,7 @@ def probe(port: int) -> list[float]:
 
 def figures():
     with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
+        prepare_database(Path(tmp) / "gateway.db", [f"L{i:03d}" for i in range(100)])  # provisioned devices
         gateway = GatewayProcess(Path(tmp), {"gateway.hall": HALL, "mqtt.port": broker.port, "http.port": free_port(),
                                              "api.port": 0, "store.path": str(Path(tmp) / "gateway.db")}).start()
         stop = threading.Event()

@@ -79,6 +79,7 @@ def _run(firmware, heapsize, cycles, offline, say, work: Path, broker: Broker) -
     config = settings.load(None, {"gateway.hall": HALL, "mqtt.port": broker.port, "http.port": 0, "api.port": 0,
                                   "store.path": str(work / "gateway.db")})
     gateway = Gateway(config).start()
+    gateway.api.register(DEVICE, {})  # as provisioning does
     watcher = _Watcher(broker.port)
     device = SimDevice(work / "flash", firmware, DEVICE, HALL, broker.port, heapsize=heapsize,
                        site_extra={"tuning": TUNING})
