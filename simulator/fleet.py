@@ -124,8 +124,10 @@ class Fleet:
         await running
         await asyncio.gather(*faults)
         await asyncio.to_thread(concurrent.futures.wait, self._later)
-        await asyncio.to_thread(self._wait_forwarded, 120)
-        self.say("every rating made is at the province; the hall closes")
+        arrived = await asyncio.to_thread(self._wait_forwarded, 120)
+        self.say("every rating made is at the province" if arrived else
+                 "not every rating made reached the province in 120 s (the check lists them)")
+        self.say("the hall closes")
         await self._close_windows()
         if s.days_after:
             self.say(f"{s.days_after:g} days pass: the gateway issues default ratings for cases nobody rated")
@@ -335,9 +337,9 @@ class Fleet:
 
     # ---- the end: wait, then check ----
 
-    def _wait_forwarded(self, timeout: float) -> None:
-        """Until every rated case is at the province (or the time is up; the check says what is missing)."""
-        _wait(lambda: not self._missing(rated_only=True), timeout, None)
+    def _wait_forwarded(self, timeout: float) -> bool:
+        """Until every rated case is at the province: False if the time ran out first."""
+        return _wait(lambda: not self._missing(rated_only=True), timeout, None)
 
     def _wait_all_cases(self, timeout: float) -> None:
         _wait(lambda: not self._missing(rated_only=False), timeout, None)
@@ -400,11 +402,13 @@ class Fleet:
         return result
 
 
-def _wait(predicate, timeout: float, what: str | None) -> None:
+def _wait(predicate, timeout: float, what: str | None) -> bool:
+    """Poll until `predicate` holds (True); at the timeout raise naming `what`, or with no `what` return False."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             if what:
                 raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-            return
+            return False
         time.sleep(0.25)
+    return True
