@@ -83,7 +83,7 @@ def probe(port: int) -> list[float]:
 
 def figures():
     with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
-        prepare_database(Path(tmp) / "gateway.db", [f"L{i:03d}" for i in range(100)])  # provisioned devices
+        prepare_database(Path(tmp) / "gateway.db", [f"L{i:03d}" for i in range(100)] + ["P001"])  # provisioned
         gateway = GatewayProcess(Path(tmp), {"gateway.hall": HALL, "mqtt.port": broker.port, "http.port": free_port(),
                                              "api.port": 0, "store.path": str(Path(tmp) / "gateway.db")}).start()
         stop = threading.Event()
