@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from simulator.broker import BrokerError
 @click.version_option(package_name="hcp-evaluator")
 def main() -> None:
     """Simulated evaluators, halls and the provincial system."""
+    # SIGTERM unwinds like Ctrl-C, so the broker, gateway and device processes a command started stop with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def _scenario_options(command):

@@ -99,8 +99,19 @@ class Fleet:
     # ---- the day ----
 
     def run(self) -> Result:
+        """Run the day; whatever ends it, the device, gateway and broker processes end with it."""
         with self.hall:
-            return asyncio.run(self._day())
+            try:
+                return asyncio.run(self._whole_day())
+            finally:
+                for device in self.real:
+                    device.stop()
+
+    async def _whole_day(self) -> Result:
+        try:
+            return await self._day()
+        finally:  # cut short (SIGTERM, Ctrl-C, a failure): the window threads must see the hall close
+            self.closing.set()
 
     async def _day(self) -> Result:
         s = self.scenario

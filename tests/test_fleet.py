@@ -94,3 +94,39 @@ def test_headless_demo_prints_the_summary_and_saves_screens(tmp_path):
     shots = sorted(p.name for p in (tmp_path / "screens").iterdir())
     assert shots and all(re.fullmatch(r"F00[12]-\d{6}\.\d{3}-[a-z]+\.png", name) for name in shots), shots[:5]
     assert {"idle", "prompt"} <= {name.rsplit("-", 1)[1][:-4] for name in shots}
+
+
+def processes_under(folder: Path) -> list[int]:
+    """Live processes started for a run in `folder`: named in their command line or environment."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            text = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().split(") ", 1)[1][:1]
+        except OSError:
+            continue
+        if str(folder).encode() in text and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def test_sigterm_ends_a_run_with_every_process_it_started(tmp_path):
+    from tests.helpers import wait_until
+
+    work = tmp_path / "run"
+    run = subprocess.Popen([str(BIN / "hcp-sim"), "run", "demo", "--workdir", str(work)], stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        for line in run.stdout:
+            if "open:" in line:
+                break
+        started = processes_under(work)
+        assert len(started) >= 4, started  # broker, gateway, two real-firmware devices
+        run.terminate()
+        assert run.wait(timeout=60) != 0
+        wait_until(lambda: not processes_under(work), 20, "every process of the run gone")
+    finally:
+        run.kill()
+        run.wait()
