@@ -203,3 +203,32 @@ def test_the_firmware_obeys_only_what_the_gateway_signed(gateway_factory, sim_de
     wait_until(lambda: gateway.reader.execute("SELECT config_ver FROM devices WHERE dev = 'W01'").fetchone()[0]
                == 1, 15, "the signed config applied and reported")
     assert errors.read_text().count("unsigned message ignored") == 2  # the gateway's acks, time, config: all taken
+
+
+def test_revoke_and_ca_init_from_the_command_line(secured, tmp_path):
+    """The technician's commands: revoke a stolen device (account gone, broker reloaded, audited as the OS
+    user), and make the hall CA once."""
+    import getpass
+
+    from gateway import settings
+    from tests.test_gateway_cli import run_cli
+
+    gateway, broker, account, provision = secured
+    a = provision("W01")
+    device = account(a["mqtt_user"], a["mqtt_password"])
+    assert device.ok
+    config = tmp_path / "gateway.toml"
+    config.write_text(settings.dump(gateway.config))
+    result = run_cli("revoke", "W01", "--config", str(config))
+    assert result.exit_code == 0 and "W01 revoked" in result.output, result.output
+    wait_until(lambda: ("gone" in [e[0] for e in list(device.connected.queue) if isinstance(e, tuple)]), 10,
+               "the broker to drop the revoked device")
+    assert not account(a["mqtt_user"], a["mqtt_password"]).ok
+    actors = gateway.reader.execute("SELECT actor, action FROM audit WHERE action = 'revoke_device'").fetchall()
+    assert actors == [(f"cli:{getpass.getuser()}", "revoke_device")]
+    assert run_cli("revoke", "W99", "--config", str(config)).exit_code == 1
+
+    made = run_cli("ca-init", "--dir", str(tmp_path / "ca"), "--hall", "h1", "--host", "127.0.0.1")
+    assert made.exit_code == 0 and "ca.crt" in made.output
+    again = run_cli("ca-init", "--dir", str(tmp_path / "ca"), "--hall", "h1", "--host", "127.0.0.1")
+    assert again.exit_code == 1 and "already holds a CA" in again.output
