@@ -169,7 +169,7 @@ class Api(HttpService):
         except brokerauth.CredentialError as e:
             raise ApiError(404 if "no device" in str(e) else 409, str(e)) from None
         brokerauth.write_files(g.reader, g.config)
-        g.ingest.gate.refresh()
+        g.ingest.gate.admit(dev, issued["command_key"])
         return issued
 
     def revoke(self, dev: str) -> dict:

@@ -53,10 +53,12 @@ class DeviceGate:
         self.keys = {dev: key for dev, revoked, key in rows if key and not revoked}
         self.checked_at = self.clock.now()
 
-    def admit(self, dev: str) -> None:
-        """A device just registered (a revoked one stays revoked)."""
+    def admit(self, dev: str, command_key: str | None = None) -> None:
+        """A device just registered, or given a new command key (a revoked one stays revoked)."""
         if dev not in self.revoked:
             self.allowed.add(dev)
+            if command_key:
+                self.keys[dev] = command_key
 
     def refusal(self, dev: str) -> str | None:
         """None if `dev` may send, else the reject code."""

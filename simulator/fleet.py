@@ -151,7 +151,9 @@ class Fleet:
         for n in range(s.firmware_devices):
             dev = f"F{n + 1:03d}"
             await asyncio.to_thread(hall.register, dev, f"A{n + 1:02d}")
-            device = SimDevice(self.workdir / "devices" / dev, self.firmware, dev, hall.hall, hall.broker.port)
+            key = (await asyncio.to_thread(hall.credentials, dev))["command_key"]
+            device = SimDevice(self.workdir / "devices" / dev, self.firmware, dev, hall.hall, hall.broker.port,
+                               site_extra={"command_key": key})
             device.window = f"A{n + 1:02d}"
             await asyncio.to_thread(device.start)
             self.real.append(device)
@@ -161,7 +163,9 @@ class Fleet:
         for n in range(s.virtual_devices):
             dev = f"V{n + 1:05d}"
             await asyncio.to_thread(hall.register, dev, f"B{n + 1:05d}")
-            device = VirtualDevice(dev, hall.hall, "127.0.0.1", hall.broker.port, on_prompt=self._on_prompt)
+            key = (await asyncio.to_thread(hall.credentials, dev))["command_key"]
+            device = VirtualDevice(dev, hall.hall, "127.0.0.1", hall.broker.port, on_prompt=self._on_prompt,
+                                   command_key=key)
             device.window = f"B{n + 1:05d}"
             self.virtual.append(device.start())
             if n % 200 == 199:

@@ -225,8 +225,10 @@ def open_hall(workdir: Path, devices: int) -> tuple[Hall, list[tuple[SimDevice, 
     for n in range(devices):
         dev, window_no = f"F{n + 1:03d}", f"A{n + 1:02d}"
         hall.register(dev, window_no)
+        key = hall.credentials(dev)["command_key"]  # the device obeys only what the gateway signs with it
         hall.call("PUT", f"/api/v1/devices/{dev}/config", {"window": window_no})  # its idle screen names it
-        device = SimDevice(workdir / "devices" / dev, firmware, dev, hall.hall, hall.broker.port)
+        device = SimDevice(workdir / "devices" / dev, firmware, dev, hall.hall, hall.broker.port,
+                           site_extra={"command_key": key})
         started.append((device.start(), window_no))
     return hall, started
 

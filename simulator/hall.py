@@ -173,6 +173,10 @@ class Hall:
         return self.call("PUT", f"/api/v1/devices/{dev}", {"window_no": window_no, "dept_code": DEPT,
                                                              "staff_no": staff_no})
 
+    def credentials(self, dev: str) -> dict:
+        """The device's broker account and command key, as provisioning gets them."""
+        return self.call("POST", f"/api/v1/devices/{dev}/credentials")
+
     def finish_case(self, case_ref: str, window_no: str, applicant: str = "张三丰", retry_s: float = 30) -> dict:
         """Report a case finished (办结), as a window system does: retried while the gateway is away."""
         body = {"project_no": case_ref, "task_code": TASK[0], "task_name": TASK[1], "dept_code": DEPT,

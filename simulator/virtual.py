@@ -23,8 +23,10 @@ class VirtualDevice(asyncio.Protocol):
     resend_s = 15.0  # the firmware's resend_ms
     tick_s = 5.0  # how often a connected device checks its keepalive and unacked ratings
 
-    def __init__(self, dev: str, hall: str, host: str, port: int, on_prompt=None):
+    def __init__(self, dev: str, hall: str, host: str, port: int, on_prompt=None, command_key: str | None = None):
         self.dev, self.hall = dev, hall
+        self.command_key = command_key  # as the firmware: with a key, only what the gateway signed is obeyed
+        self.unsigned = 0  # messages ignored for want of the right mac
         self.host, self.port = host, port
         self.on_prompt = on_prompt  # called as on_prompt(device, case) when a prompt arrives
         self.boot = secrets.token_hex(4)
@@ -174,6 +176,9 @@ class VirtualDevice(asyncio.Protocol):
             self._message(topic.decode(), payload)
 
     def _message(self, topic: str, payload: bytes) -> None:
+        if self.command_key and not codec.signed_by(topic, payload, self.command_key):
+            self.unsigned += 1
+            return
         try:
             _, _, message = codec.decode_from(topic, payload)
         except codec.ProtocolError:

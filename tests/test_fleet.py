@@ -36,6 +36,8 @@ def test_the_ci_hall_day_keeps_every_rating_through_broker_restart_gateway_kill_
     failed = fleet.hall.query("SELECT count(*) FROM forward_attempts WHERE outcome != 'ok'")[0][0]
     assert failed > 0
     assert all(d.connects >= 2 for d in fleet.virtual)
+    # Every device had a command key; every prompt and ack the gateway sent carried the right mac.
+    assert all(d.command_key and d.unsigned == 0 for d in fleet.virtual)
 
 
 def test_the_check_finds_a_record_the_province_lost(tmp_path):
