@@ -167,7 +167,7 @@ class Api(HttpService):
         try:
             issued = g.writer.call(lambda conn: brokerauth.issue(conn, dev))
         except brokerauth.CredentialError as e:
-            raise ApiError(404 if "no device" in str(e) else 409, str(e)) from None
+            raise ApiError(404 if isinstance(e, brokerauth.UnknownDevice) else 409, str(e)) from None
         brokerauth.write_files(g.reader, g.config)
         g.ingest.gate.admit(dev, issued["command_key"])
         return issued

@@ -26,7 +26,11 @@ PBKDF2_ITERATIONS = 101  # what mosquitto_passwd writes for $7$ entries
 
 
 class CredentialError(ValueError):
-    """No such device, or one that may not have credentials (revoked)."""
+    """A device that may not have credentials (revoked)."""
+
+
+class UnknownDevice(CredentialError):
+    """No such device in the registry."""
 
 
 def mosquitto_hash(password: str, salt: bytes | None = None) -> str:
@@ -40,7 +44,7 @@ def issue(conn: sqlite3.Connection, dev: str) -> dict:
     """New credentials for a registered device (replacing any before): returned once, the password not kept."""
     row = conn.execute("SELECT revoked_at FROM devices WHERE dev = ?", (dev,)).fetchone()
     if row is None:
-        raise CredentialError(f"no device {dev}; register it first")
+        raise UnknownDevice(f"no device {dev}; register it first")
     if row[0] is not None:
         raise CredentialError(f"device {dev} is revoked; register it under a new id")
     password, command_key = secrets.token_urlsafe(18), secrets.token_hex(16)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gateway import settings
 from gateway.access import key_entry
-from simulator.broker import Broker, free_port
+from simulator.broker import Broker, free_port, stop_process
 from simulator.province import Province
 
 HALL = "361102-xz"
@@ -59,12 +59,7 @@ class GatewayProcess:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc, 30)
 
     @property
     def running(self) -> bool:

@@ -114,21 +114,25 @@ def processes_under(folder: Path) -> list[int]:
     return found
 
 
-def test_sigterm_ends_a_run_with_every_process_it_started(tmp_path):
+def terminate_leaves_nothing(command: list[str], work: Path, ready: str, env=None) -> None:
+    """Start an hcp-sim command for `work`, wait for its `ready` line, send SIGTERM: it must exit, and every
+    process it started (broker, gateway, two real-firmware devices) must end with it."""
     from tests.helpers import wait_until
 
-    work = tmp_path / "run"
-    run = subprocess.Popen([str(BIN / "hcp-sim"), "run", "demo", "--workdir", str(work)], stdout=subprocess.PIPE,
-                           text=True)
+    started = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     try:
-        for line in run.stdout:
-            if "open:" in line:
+        for line in started.stdout:
+            if ready in line:
                 break
-        started = processes_under(work)
-        assert len(started) >= 4, started  # broker, gateway, two real-firmware devices
-        run.terminate()
-        assert run.wait(timeout=60) != 0
-        wait_until(lambda: not processes_under(work), 20, "every process of the run gone")
+        assert len(processes_under(work)) >= 4, processes_under(work)
+        started.terminate()
+        assert started.wait(timeout=60) != 0
+        wait_until(lambda: not processes_under(work), 20, "every process it started gone")
     finally:
-        run.kill()
-        run.wait()
+        started.kill()
+        started.wait()
+
+
+def test_sigterm_ends_a_run_with_every_process_it_started(tmp_path):
+    work = tmp_path / "run"
+    terminate_leaves_nothing([str(BIN / "hcp-sim"), "run", "demo", "--workdir", str(work)], work, "open:")

@@ -79,20 +79,8 @@ def test_gui_click_shows_the_prompt_and_the_rating_reaches_the_province(display,
 
 
 def test_the_gui_ends_with_every_process_it_started(display, tmp_path):
-    import sys
-    from pathlib import Path
-
-    from tests.test_fleet import processes_under
+    from tests.test_fleet import BIN, terminate_leaves_nothing
 
     work = tmp_path / "gui"
-    gui = subprocess.Popen([str(Path(sys.executable).parent / "hcp-sim"), "gui", "--devices", "2", "--workdir",
-                            str(work)], stdout=subprocess.PIPE, text=True, env=os.environ)
-    try:
-        assert "gateway database" in gui.stdout.readline()
-        assert len(processes_under(work)) >= 4  # broker, gateway, two devices
-        gui.terminate()
-        assert gui.wait(timeout=60) != 0
-        wait_until(lambda: not processes_under(work), 20, "every process of the GUI's hall gone")
-    finally:
-        gui.kill()
-        gui.wait()
+    terminate_leaves_nothing([str(BIN / "hcp-sim"), "gui", "--devices", "2", "--workdir", str(work)], work,
+                             "gateway database", env=os.environ)
