@@ -2,6 +2,7 @@
 
 firmware/**.py        -> build/firmware/**.mpy   (boot.py and main.py stay source: MicroPython runs them by name)
 protocol/codec.py     -> build/firmware/lib/protocol/codec.mpy   (the shared codec, imported as protocol.codec;
+                         strictjson.py likewise: the strict JSON scanner the codec needs on MicroPython;
                          mqttwire.py likewise: the MQTT packets)
 a CJK font            -> build/firmware/font.bin   (GB2312 level 1 and every character the firmware shows)
 """
@@ -20,7 +21,7 @@ RUN_AS_SOURCE = {"boot.py", "main.py"}
 # that every port runs, the unix port's simulated board included.
 NATIVE_ARCH = {"boards/esp32s3": "xtensawin"}
 SHARED = {"protocol/__init__.py": "lib/protocol/__init__.py", "protocol/codec.py": "lib/protocol/codec.py",
-          "protocol/mqttwire.py": "lib/protocol/mqttwire.py"}
+          "protocol/strictjson.py": "lib/protocol/strictjson.py", "protocol/mqttwire.py": "lib/protocol/mqttwire.py"}
 
 
 class BuildError(RuntimeError):

@@ -1,6 +1,7 @@
 # Runs the test vectors in protocol/vectors/ through the codec and prints one JSON line per case:
-# {"file", "name", "result"}. Runs unchanged on CPython and MicroPython, so the tests can compare
-# both interpreters' answers with each other and with the expected ones.
+# {"file", "name", "result"}. matrix.json packs QR matrices, signed.json signs and checks commands
+# (codec.sign, codec.signed_by), every other file decodes messages. Runs unchanged on CPython and MicroPython,
+# so the tests can compare both interpreters' answers with each other and with the expected ones.
 #   python3 -m protocol.vectorrun protocol/vectors
 #   MICROPYPATH=. micropython protocol/vectorrun.py protocol/vectors
 import binascii
@@ -45,13 +46,31 @@ def run_matrix_case(case):
     return {"packed": packed, "unpacked_equal": same}
 
 
+def run_signed_case(case):
+    # A command key signs a down message (expect "signed": the exact bytes), or checks one (expect "signed_by").
+    payload = payload_of(case)
+    if "signed_by" in case["expect"]:
+        return {"signed_by": codec.signed_by(case["topic"], payload, case["key"])}
+    try:
+        signed = codec.sign(case["topic"], payload, case["key"])
+    except codec.ProtocolError as e:
+        return {"error": e.code, "field": e.field}
+    # What the device does next: check the mac, then decode; the mac field must not change the message.
+    same = codec.decode_from(case["topic"], signed) == codec.decode_from(case["topic"], payload)
+    return {"signed": signed.decode(), "signed_by": codec.signed_by(case["topic"], signed, case["key"]),
+            "same_message": same}
+
+
+RUNNERS = {"matrix.json": run_matrix_case, "signed.json": run_signed_case}
+
+
 def main(folder):
     for name in sorted(os.listdir(folder)):
         if not name.endswith(".json"):
             continue
         with open(folder + "/" + name) as f:
             doc = json.load(f)
-        run = run_matrix_case if name == "matrix.json" else run_message_case
+        run = RUNNERS.get(name, run_message_case)
         for case in doc["cases"]:
             print(json.dumps({"file": name, "name": case["name"], "result": run(case)}))
 

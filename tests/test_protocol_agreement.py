@@ -1,7 +1,8 @@
 """CPython and MicroPython must accept exactly the same payloads, beyond the fixed vectors.
 
-The strict JSON scanner and UTF-8 check (which MicroPython needs) are compared with CPython's own parser and
-decoder on generated input, and thousands of mutated payloads are decoded by both interpreters.
+The strict JSON scanner and UTF-8 check that MicroPython needs (protocol/strictjson.py) are compared with
+CPython's own parser and decoder on generated input, and thousands of mutated payloads are decoded by both
+interpreters.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import codec
+from protocol import codec, strictjson
 from simulator import micropython
 from tests.conftest import REPO
 from tests.test_protocol_vectors import CASES, parse_run
@@ -31,7 +32,7 @@ def cpython_strict(text: str) -> bool:
 
 def scanner_accepts(text: str) -> bool:
     try:
-        codec.scan_json(text)
+        strictjson.scan_json(text)
     except codec.ProtocolError:
         return False
     return True
@@ -62,7 +63,7 @@ def test_utf8_check_matches_cpython_decoder(data):
     except UnicodeDecodeError:
         valid = False
     try:
-        codec.check_utf8(data)
+        strictjson.check_utf8(data)
         checked = True
     except codec.ProtocolError:
         checked = False

@@ -1,7 +1,8 @@
 """Every protocol vector, run by the same codec under CPython and under the real MicroPython unix port.
 
 Both must give the vector's expected answer: the decoded message (which must also survive an encode/decode
-round trip), or the specific error code and field.
+round trip), or the specific error code and field; for signed.json, the exact signed bytes, or whether the
+payload carries a valid mac.
 """
 from __future__ import annotations
 
@@ -61,9 +62,25 @@ def test_vectors_cover_every_kind_and_error_code():
                      codec.BAD_FIELD, codec.BAD_TOPIC, codec.TOPIC_MISMATCH}
 
 
+def test_signed_vectors_cover_every_down_kind_and_every_way_to_forge():
+    from protocol import codec
+    signed = [c for f, c in CASES if f == "signed.json"]
+    kinds = {json.loads(c["payload"])["k"] for c in signed if "signed" in c["expect"]}
+    assert kinds == {kind for kind, (direction, _) in codec.SCHEMAS.items() if direction == codec.DOWN}
+    assert {c["refuses"] for c in signed if c["expect"].get("signed_by") is False} >= {
+        "wrong_key", "tampered_payload", "tampered_topic", "unsigned", "truncated_mac"}
+    assert any(len(c["key"]) > 128 for c in signed if "signed" in c["expect"])  # past one hash block
+    assert any(c["expect"].get("error") == codec.TOO_LARGE for c in signed)
+
+
 def expected_result(file: str, case: dict) -> dict:
     if file == "matrix.json":
         return {"packed": case["expect"], "unpacked_equal": True}
+    if file == "signed.json" and "signed_by" in case["expect"]:
+        return {"signed_by": case["expect"]["signed_by"]}
+    if file == "signed.json" and "signed" in case["expect"]:
+        # The exact bytes, which the device must accept and decode to the message signed.
+        return {"signed": case["expect"]["signed"], "signed_by": True, "same_message": True}
     if "ok" in case["expect"]:
         return {"ok": case["expect"]["ok"], "roundtrip": True}
     return {"error": case["expect"]["error"], "field": case["expect"]["field"]}
