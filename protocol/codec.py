@@ -18,7 +18,7 @@ LEVELS = ("very_satisfied", "satisfied", "basic", "dissatisfied", "very_dissatis
 LEVEL_LABELS = ("非常满意", "满意", "基本满意", "不满意", "非常不满意")
 BAD_LEVELS = ("dissatisfied", "very_dissatisfied")  # 差评
 
-# Reason codes for a 差评 (PROVINCE-API.md); labels are what the device shows.
+# Reason codes for a 差评 (docs/upstream.md); labels are what the device shows.
 REASONS = (
     ("501", "服务态度差"),
     ("502", "办事效率低"),

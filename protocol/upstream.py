@@ -1,6 +1,6 @@
 """The upstream contract: how a stored rating becomes a provincial 好差评 record.
 
-The record follows PROVINCE-API.md (GB/T 39046-2020 table 9 with the field names of deployed provincial
+The record follows docs/upstream.md (GB/T 39046-2020 table 9 with the field names of deployed provincial
 interfaces). What differs between provinces is a `Profile`: the direction of the satisfaction codes, the
 channel codes, the region code. CPython only; the device never sees upstream codes.
 """
@@ -17,9 +17,9 @@ from protocol.codec import BAD_LEVELS, LEVELS, REASON_CODES
 # Where a rating came from. The wire carries none of these: the gateway knows the channel.
 CHANNELS = ("device", "qr", "default")
 
-# Satisfaction code directions seen in practice (DOMAIN.md).
+# Satisfaction code directions seen in practice (docs/domain.md).
 DIRECTIONS = {
-    "deployed": (5, 4, 3, 2, 1),  # Zhejiang, Guangdong, PROVINCE-API.md: 5 = 非常满意
+    "deployed": (5, 4, 3, 2, 1),  # Zhejiang, Guangdong, docs/upstream.md: 5 = 非常满意
     "national": (1, 2, 3, 4, 5),  # GB/T 39046-2020 table A.8: 1 = 非常满意
 }
 
@@ -116,7 +116,7 @@ def to_record(rating: dict, case: dict | None, profile: Profile) -> dict:
     return record
 
 
-# ---- request signing (PROVINCE-API.md, Authentication) ----
+# ---- request signing (docs/upstream.md, "Authentication and signature") ----
 
 BATCH_PATH = "/api/hcp/v1/evaluations/batch"
 RECORD_PATH = "/api/hcp/v1/evaluations/"

@@ -1,4 +1,4 @@
-"""The simulated province implements PROVINCE-API.md strictly: authentication, envelope, record checks."""
+"""The simulated province implements docs/upstream.md strictly: authentication, envelope, record checks."""
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,4 @@
-"""The upstream contract: a stored rating mapped onto the provincial record (PROVINCE-API.md)."""
+"""The upstream contract: a stored rating mapped onto the provincial record (docs/upstream.md)."""
 from __future__ import annotations
 
 import pytest
