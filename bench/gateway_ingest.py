@@ -103,9 +103,9 @@ def drain_gateway(port: int, count: int, workdir: Path) -> float:
     start = time.perf_counter()
     gateway.start()
     try:
-        while gateway.ingest.counts["stored"] < count:
+        while gateway.counter("ingest_stored") < count:
             if time.perf_counter() - start > 600:
-                raise RuntimeError(f"gateway stored only {gateway.ingest.counts['stored']} of {count}")
+                raise RuntimeError(f"gateway stored only {gateway.counter('ingest_stored')} of {count}")
             time.sleep(0.005)
         return count / (time.perf_counter() - start)
     finally:

@@ -1,22 +1,30 @@
-"""Cases (办件) and what time does to them: rating windows, default ratings, follow-up deadlines, pruning.
+"""Cases (办件): reported finished by the window system, prompted on the window's evaluator, rated once, and
+what time does to them: rating windows, default ratings, follow-up deadlines, pruning.
 
 A case gets a rating window of N working days after 办结 (policy art. 8). When it closes with no rating,
 the gateway issues a default rating, flagged as such and forwarded with the default channel code.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
+import re
 import secrets
 import sqlite3
 
+from prometheus_client import Counter
+
 from gateway import ratings
+from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.periodic import Periodic
 from gateway.store import Writer
 from gateway.workdays import CalendarMissing, WorkCalendar
 
 log = logging.getLogger("gateway.cases")
 DAY_S = 86400.0
+YEAR_S = 366 * DAY_S  # retention errs on the side of keeping
+WINDOW_LIMITS_KEPT_S = 2 * DAY_S  # a window rating's limits look back one China day at most
+_CASE_REF = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
+REQUIRED = ("project_no", "task_code", "task_name", "dept_code", "staff_no", "window_no")
 
 CASE_FIELDS = ("case_ref", "project_no", "task_code", "task_name", "dept_code", "dept_name", "staff_no",
                "window_no", "dev", "user_prop", "finished_at")
@@ -35,11 +43,6 @@ def record_case(conn: sqlite3.Connection, case: dict, calendar: WorkCalendar, wi
     return cur.rowcount == 1
 
 
-def default_rating_id(case_ref: str) -> str:
-    """Stable per case, so issuing the default twice stores it once."""
-    return hashlib.sha256(case_ref.encode()).hexdigest()[:16]
-
-
 def issue_default_ratings(conn: sqlite3.Connection, now: float, origin: str, level: str,
                           calendar: WorkCalendar, followup_days: int) -> int:
     """Give every open case whose window has closed its default rating; return how many were issued."""
@@ -47,10 +50,8 @@ def issue_default_ratings(conn: sqlite3.Connection, now: float, origin: str, lev
                        (now,)).fetchall()
     issued = 0
     for (case_ref,) in due:
-        rating = {"origin": origin, "rid": default_rating_id(case_ref), "channel": "default", "boot": None,
-                  "seq": None, "case_ref": case_ref, "level": level, "public": 1, "reasons": None, "comment": None,
-                  "device_time": None, "received_at": now, "assessed_at": now}
-        stored = ratings.store(conn, rating, calendar, followup_days) == ratings.STORED
+        stored = ratings.store(conn, ratings.default_for(case_ref, origin, level, now), calendar,
+                               followup_days) == ratings.STORED
         issued += stored
         # Not stored means a rating of the case exists already: it was rated, not defaulted.
         conn.execute("UPDATE cases SET state = ? WHERE case_ref = ?", ("defaulted" if stored else "rated", case_ref))
@@ -70,17 +71,33 @@ def fill_missing_deadlines(conn: sqlite3.Connection, calendar: WorkCalendar, win
                 continue
 
 
-def prune(conn: sqlite3.Connection, now: float, retention_days: int) -> int:
-    """Delete forwarded ratings (and settled cases and attempts) older than the retention period."""
-    cutoff = now - retention_days * DAY_S
-    deleted = conn.execute(
-        "DELETE FROM ratings WHERE id IN (SELECT rating_id FROM outbox WHERE state = 'forwarded' AND done_at < ?) "
-        "AND id NOT IN (SELECT rating_id FROM followups WHERE state = 'open')", (cutoff,)).rowcount
-    conn.execute("DELETE FROM cases WHERE state != 'open' AND finished_at < ? "
-                 "AND case_ref NOT IN (SELECT case_ref FROM ratings WHERE case_ref IS NOT NULL)", (cutoff,))
-    conn.execute("DELETE FROM forward_attempts WHERE at < ?", (cutoff,))
-    conn.execute("DELETE FROM already_rated WHERE received_at < ?", (cutoff,))
-    return deleted
+def prune(conn: sqlite3.Connection, now: float, operational_days: int, retention_years: int) -> dict:
+    """Delete what is no longer needed; return how many rows of each kind went.
+
+    Ratings, their cases and follow-ups are kept `retention_years` (the monthly 通报 and the yearly 考核 count
+    them), and then only forwarded ones with no open follow-up go. Operational rows (forward attempts, rejected
+    messages, rating links of cases no longer open) go after `operational_days`; window-rating limits after
+    two days. The audit log is never pruned.
+    """
+    kept_from, operational_from = now - retention_years * YEAR_S, now - operational_days * DAY_S
+    old = ("SELECT o.rating_id FROM outbox o JOIN ratings r ON r.id = o.rating_id WHERE o.state = 'forwarded' "
+           "AND o.done_at < :kept AND r.assessed_at < :kept "
+           "AND o.rating_id NOT IN (SELECT rating_id FROM followups WHERE state = 'open')")
+    args = {"kept": kept_from, "operational": operational_from, "limits": now - WINDOW_LIMITS_KEPT_S}
+    deleted = {
+        "followups": conn.execute(f"DELETE FROM followups WHERE rating_id IN ({old})", args).rowcount,
+        "ratings": conn.execute(f"DELETE FROM ratings WHERE id IN ({old})", args).rowcount,
+        "already_rated": conn.execute("DELETE FROM already_rated WHERE received_at < :kept", args).rowcount,
+        "tokens": conn.execute("DELETE FROM tokens WHERE created_at < :operational AND case_ref IN "
+                               "(SELECT case_ref FROM cases WHERE state != 'open')", args).rowcount,
+        "cases": conn.execute("DELETE FROM cases WHERE state != 'open' AND finished_at < :kept AND case_ref NOT IN "
+                              "(SELECT case_ref FROM ratings WHERE case_ref IS NOT NULL) AND case_ref NOT IN "
+                              "(SELECT case_ref FROM tokens)", args).rowcount,
+        "forward_attempts": conn.execute("DELETE FROM forward_attempts WHERE at < :operational", args).rowcount,
+        "rejects": conn.execute("DELETE FROM rejects WHERE received_at < :operational", args).rowcount,
+        "window_ratings": conn.execute("DELETE FROM window_ratings WHERE at < :limits", args).rowcount,
+    }
+    return {kind: count for kind, count in deleted.items() if count}
 
 
 class Housekeeping(Periodic):
@@ -89,13 +106,13 @@ class Housekeeping(Periodic):
     interval = 30.0
     name = "housekeeping"
 
-    def __init__(self, config: dict, writer: Writer, clock, calendar: WorkCalendar):
+    def __init__(self, config: dict, writer: Writer, clock, calendar: WorkCalendar, metrics):
         super().__init__()
         self.config = config
         self.writer = writer
         self.clock = clock
         self.calendar = calendar
-        self.defaults_issued = 0
+        self.defaults_issued = Counter("hcp_default_ratings", "default ratings issued", registry=metrics)
 
     def run_once(self) -> None:
         c = self.config
@@ -107,13 +124,13 @@ class Housekeeping(Periodic):
             needs_space=True)
         if issued:
             log.info("issued %d default ratings", issued)
-            self.defaults_issued += issued
-        pruned = self.writer.call(lambda conn: prune(conn, now, c["store.retention_days"]))
+            self.defaults_issued.inc(issued)
+        pruned = self.writer.call(lambda conn: prune(conn, now, c["store.retention_days"], c["store.retention_years"]))
         if pruned:
-            log.info("pruned %d forwarded ratings older than %d days", pruned, c["store.retention_days"])
+            log.info("pruned %s", ", ".join(f"{count} {kind}" for kind, count in pruned.items()))
 
 
-# ---- the case API's writes (issue: cases, prompts and QR codes) ----
+# ---- the case API's writes (jobs for the writer) ----
 
 def finish_case(conn: sqlite3.Connection, case: dict, calendar: WorkCalendar, window_days: int, now: float) -> str:
     """Record a finished case (办结) and its rating token, once; return the token (the same on a repeat)."""
@@ -136,14 +153,97 @@ def rate_by_token(conn: sqlite3.Connection, token: str, choice: dict, now: float
                        "WHERE t.token = ?", (token,)).fetchone()
     if row is None:
         return UNKNOWN
-    case_ref, deadline, state = row
-    if state == "cancelled" or (deadline is not None and now >= deadline and state == "open"):
+    if row["state"] == "cancelled" or (row["deadline"] is not None and now >= row["deadline"]
+                                       and row["state"] == "open"):
         return EXPIRED
-    rating = {"origin": origin, "rid": secrets.token_hex(8), "channel": "qr", "boot": None, "seq": None,
-              "case_ref": case_ref, "level": choice["level"], "public": int(choice["public"]),
-              "reasons": ",".join(choice["reasons"]) or None, "comment": choice["comment"] or None,
-              "device_time": None, "received_at": now, "assessed_at": now}
-    return ratings.store(conn, rating, calendar, followup_days)
+    return ratings.store(conn, ratings.from_page(origin, row["case_ref"], choice, now), calendar, followup_days)
 
 
 UNKNOWN, EXPIRED = "unknown", "expired"
+
+
+# ---- the case API's actions ----
+
+def mask_name(name: str) -> str:
+    """张三 -> 张*, 李小华 -> 李*华: enough for the citizen to recognise the case, no more."""
+    name = name.strip()
+    if len(name) <= 2:
+        return name[:1] + "*" if name else ""
+    return name[0] + "*" * (len(name) - 2) + name[-1]
+
+
+class Cases:
+    """What the window system does with cases through the API: report one finished, read it, cancel it."""
+
+    def __init__(self, config: dict, writer: Writer, reader, registry, downlink, clock, calendar: WorkCalendar):
+        self.config, self.writer, self.reader = config, writer, reader
+        self.registry, self.downlink, self.clock, self.calendar = registry, downlink, clock, calendar
+
+    def report(self, body: dict, roles) -> dict:
+        """A case finished (办结): record it with its one-time rating URL and prompt the window's evaluator with
+        the masked applicant's name. The applicant's name and certificate number are never stored."""
+        now = self.clock.now()
+        case = case_from(body, now)
+        device = body.get("device") or self.registry.device_of_window(case["window_no"])
+        case["dev"] = device
+        token = self.writer.call(lambda conn: finish_case(conn, case, self.calendar,
+                                                          self.config["cases.rating_window_days"], now),
+                                 needs_space=True)
+        url = self.config["api.public_url"].rstrip("/") + "/r/" + token
+        view = self.view(case["case_ref"], roles)
+        online = device is not None and self.registry.online(device)
+        prompted = False
+        if device is not None and view["state"] == "open":
+            applicant = body.get("applicant_name")
+            text = (mask_name(applicant) + "的 " if isinstance(applicant, str) and applicant.strip() else "") \
+                + case["task_name"]
+            self.downlink.prompt(device, case["case_ref"], text[:64], url, self.config["cases.prompt_s"])
+            prompted = online
+        return {**view, "url": url, "device": device, "device_online": online, "prompted": prompted}
+
+    def view(self, case_ref: str, roles) -> dict:
+        """A case as the caller may see it. The window's staff see its state only, never how the citizen rated
+        them (policy art. 11); managers and auditors see the rating; comments are for managers only."""
+        row = self.reader.execute(
+            "SELECT c.case_ref, c.project_no, c.state, c.deadline, r.level, r.channel, r.reasons, r.public, "
+            "r.comment FROM cases c LEFT JOIN ratings r ON r.case_ref = c.case_ref WHERE c.case_ref = ?",
+            (case_ref,)).fetchone()
+        if row is None:
+            raise NotFound(f"no case {case_ref}")
+        view = {key: row[key] for key in ("case_ref", "project_no", "state", "deadline")}
+        if roles & {"manager", "auditor"}:
+            view.update(level=row["level"], channel=row["channel"], public=row["public"],
+                        reasons=row["reasons"].split(",") if row["reasons"] else [])
+        if "manager" in roles:
+            view["comment"] = row["comment"]
+        return view
+
+    def cancel(self, case_ref: str, roles) -> dict:
+        """Withdraw an open case and its prompt."""
+        state = self.view(case_ref, roles)["state"]
+        if not self.writer.call(lambda conn: cancel_case(conn, case_ref)):
+            raise Conflict(f"case {case_ref} is {state}, not open")
+        device = self.reader.execute("SELECT dev FROM cases WHERE case_ref = ?", (case_ref,)).fetchone()["dev"]
+        if device:
+            self.downlink.cancel(device, case_ref)
+        return self.view(case_ref, roles)
+
+
+def case_from(body: dict, now: float) -> dict:
+    """The case a window system reported, checked; InvalidInput naming the field that is wrong."""
+    for name in REQUIRED:
+        if not isinstance(body.get(name), str) or not body[name].strip():
+            raise InvalidInput(f"{name} is required (text)", name)
+    if not _CASE_REF.match(body["project_no"]):
+        raise InvalidInput("project_no: 1-50 of A-Z a-z 0-9 _ -", "project_no")
+    if len(body["dept_code"]) != 18:
+        raise InvalidInput("dept_code: the 18-character unified social credit code", "dept_code")
+    if body.get("user_prop") not in (None, 1, 2):
+        raise InvalidInput("user_prop: 1 natural person, 2 legal person", "user_prop")
+    finished_at = body.get("finished_at", now)
+    if not isinstance(finished_at, (int, float)) or finished_at > now + 300:
+        raise InvalidInput("finished_at: Unix seconds, not in the future", "finished_at")
+    return {"case_ref": body["project_no"], "project_no": body["project_no"], "task_code": body["task_code"][:64],
+            "task_name": body["task_name"][:200], "dept_code": body["dept_code"],
+            "dept_name": (body.get("dept_name") or None), "staff_no": body["staff_no"][:30],
+            "window_no": body["window_no"][:30], "user_prop": body.get("user_prop"), "finished_at": float(finished_at)}

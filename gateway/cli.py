@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from gateway import db, logs, report, settings
+from gateway import audit, db, logs, report, settings
 from gateway.access import ROLES
 from protocol import codec
 
@@ -110,7 +110,7 @@ def dead_letters(config_path: Path | None, retry: bool, rating_ids: tuple[int, .
     """
     config = load_config(config_path)
     if retry:
-        count = report.retry_dead_letters(Path(config["store.path"]), list(rating_ids), getpass.getuser(), time.time())
+        count = report.retry_dead_letters(Path(config["store.path"]), list(rating_ids), _actor(), time.time())
         click.echo(f"{count} dead letters queued again")
         return
     for row in report.dead_letters(open_readonly(config)):
@@ -143,17 +143,14 @@ def revoke(device: str, config_path: Path | None) -> None:
 
     Example: hcp-gateway revoke W01-A --config gateway.toml
     """
-    from gateway import brokerauth
+    from gateway import registry
+    from gateway.errors import NotFound
 
     config = load_config(config_path)
-    database = db.connect(Path(config["store.path"]))
     try:
-        if not brokerauth.revoke(database.conn, device, time.time()):
-            raise click.ClickException(f"no device {device} in the registry")
-        brokerauth.write_files(database, config)
-    finally:
-        database.conn.close()
-    _audit(config, "revoke_device", device)
+        registry.revoke_offline(Path(config["store.path"]), config, device, _actor(), time.time())
+    except NotFound as e:
+        raise click.ClickException(str(e)) from None
     click.echo(f"{device} revoked")
 
 
@@ -180,12 +177,15 @@ def ca_init(folder: Path, hall: str, hosts: tuple[str, ...]) -> None:
         click.echo(f"{role}: {path}")
 
 
+def _actor() -> str:
+    """Who the audit log says acted: the operating-system user who ran the command."""
+    return f"cli:{getpass.getuser()}"
+
+
 def _audit(config: dict, action: str, detail: str) -> None:
-    """Append to the audit log as the operating-system user who ran the command."""
     database = db.connect(Path(config["store.path"]))
     try:
-        database.conn.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
-                              (time.time(), f"cli:{getpass.getuser()}", action, detail))
+        audit.append(database.conn, time.time(), _actor(), action, detail)
     finally:
         database.conn.close()
 

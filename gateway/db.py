@@ -1,6 +1,9 @@
 """The gateway's SQLite database: connections and versioned schema migrations.
 
-Only the writer thread (gateway.store.Writer) writes; everything else opens read-only connections.
+In a running gateway only the writer thread (gateway.store.Writer) writes; its other parts read through
+read-only connections. The operator's commands (`hcp-gateway revoke`, `dead-letters --retry`, the audit entry of
+`export`) write from their own process in one short transaction each; WAL and the busy timeout let them wait
+their turn beside the gateway's writer.
 """
 from __future__ import annotations
 
@@ -105,6 +108,28 @@ ALTER TABLE devices ADD COLUMN mqtt_hash TEXT;      -- the broker password's has
 ALTER TABLE devices ADD COLUMN command_key TEXT;    -- hex HMAC key: prompts and configs the device accepts
 ALTER TABLE devices ADD COLUMN revoked_at REAL;     -- retired or stolen: no broker account, messages refused
 """),
+    ("registry generation and window rating limits", """
+-- Bumped by every change of who may send or how they are signed to, whoever makes it (the gateway, or
+-- `hcp-gateway revoke` from another process): a running gateway polls it to refresh its device gate.
+CREATE TABLE registry_generation (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL);
+INSERT INTO registry_generation VALUES (1, 0);
+CREATE TRIGGER registry_added AFTER INSERT ON devices BEGIN
+    UPDATE registry_generation SET generation = generation + 1;
+END;
+CREATE TRIGGER registry_changed AFTER UPDATE OF revoked_at, command_key ON devices BEGIN
+    UPDATE registry_generation SET generation = generation + 1;
+END;
+CREATE TRIGGER registry_removed AFTER DELETE ON devices BEGIN
+    UPDATE registry_generation SET generation = generation + 1;
+END;
+-- Ratings of a window itself (its standing QR, no case): one per phone (a random cookie, hashed) per window
+-- per China day, and a cap per window per hour.
+CREATE TABLE window_ratings (
+    id INTEGER PRIMARY KEY, window_no TEXT NOT NULL, phone TEXT NOT NULL, day TEXT NOT NULL, at REAL NOT NULL,
+    UNIQUE (window_no, phone, day)
+);
+CREATE INDEX window_ratings_recent ON window_ratings(window_no, at);
+"""),
 ]
 
 
@@ -118,6 +143,7 @@ def connect(path: Path, readonly: bool = False) -> sqlite_utils.Database:
             # A statement per batch size of the writer's group insert (gateway.ratings), all kept prepared.
             conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None,
                                    cached_statements=1024)
+        conn.row_factory = sqlite3.Row  # rows read by column name, and still by position
         db = sqlite_utils.Database(conn)
         if not readonly:
             db.enable_wal()

@@ -1,4 +1,4 @@
-"""Forwarding stored ratings to the provincial 好差评 system (PROVINCE-API.md), oldest first, in batches.
+"""Forwarding stored ratings to the provincial 好差评 system (docs/upstream.md), oldest first, in batches.
 
 Every record carries a stable evalId, so a retry after a timeout or a crash is harmless (the province answers
 "duplicate"). Failures back off exponentially with full jitter; 429/503 wait as long as Retry-After says. A
@@ -15,6 +15,8 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
 from gateway import db
 from gateway.settings import upstream_profile
 from gateway.store import Writer
@@ -23,9 +25,16 @@ from protocol import upstream
 log = logging.getLogger("gateway.forwarder")
 MAX_BODY = 1024 * 1024
 IDLE_POLL_S = 0.5
+RESULTS = {  # what became of the records sent, and of the submissions
+    "forwarded": "ratings the province accepted",
+    "duplicate": "ratings the province had already (a retry)",
+    "dead": "ratings the province rejected or that cannot be mapped (dead letters)",
+    "attempts": "submissions the province answered",
+    "failures": "submissions that failed and will be retried",
+}
 
 _PENDING = """
-SELECT r.id, r.origin, r.rid, r.channel, r.level, r.public, r.reasons, r.comment, r.assessed_at,
+SELECT r.id, r.origin, r.rid, r.channel, r.level, r.public, r.reasons, r.comment, r.assessed_at, r.received_at,
        c.project_no, c.task_code, c.task_name, c.dept_code AS case_dept, c.dept_name AS case_dept_name,
        c.staff_no AS case_staff, c.window_no AS case_window, c.user_prop,
        d.window_no, d.dept_code, d.dept_name, d.staff_no
@@ -38,7 +47,7 @@ ORDER BY o.rating_id LIMIT ?
 
 
 class Forwarder:
-    def __init__(self, config: dict, writer: Writer, clock):
+    def __init__(self, config: dict, writer: Writer, clock, metrics: CollectorRegistry):
         self.config = config
         self.writer = writer
         self.clock = clock
@@ -50,7 +59,12 @@ class Forwarder:
         self._base = url.path.rstrip("/")
         self._conn: http.client.HTTPConnection | None = None
         self.failures = 0
-        self.counts = {"forwarded": 0, "duplicate": 0, "dead": 0, "attempts": 0, "failed_attempts": 0}
+        self.results = {name: Counter(f"hcp_forward_{name}", help_text, registry=metrics)
+                        for name, help_text in RESULTS.items()}
+        self.request_seconds = Histogram("hcp_forward_request_seconds", "one submission to the province, sent to "
+                                         "answered", registry=metrics)
+        self.latency = Histogram("hcp_forward_latency_seconds", "a rating from stored to accepted by the province",
+                                 registry=metrics, buckets=(.01, .05, .1, .5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400))
         self.last_error = ""
         self.wake = threading.Event()
         self._stop = threading.Event()
@@ -104,21 +118,19 @@ class Forwarder:
                 return delay
         return 0
 
-    def _prepare(self) -> list[tuple[int, dict]] | None:
-        """The next batch after the cursor as (rating id, record); None when nothing is pending there."""
+    def _prepare(self) -> list[tuple[int, dict, float]] | None:
+        """The next batch after the cursor as (rating id, record, received at); None when nothing is pending."""
         cursor = self._reader.execute(_PENDING, (self._cursor, self.config["upstream.batch_size"]))
         rows = cursor.fetchall()
         if not rows:
             return None
-        columns = [d[0] for d in cursor.description]
         items, unmappable = [], []
         for row in rows:
-            row = dict(zip(columns, row))
             try:
-                items.append((row["id"], self.record(row)))
+                items.append((row["id"], self.record(row), row["received_at"]))
             except upstream.MappingError as e:
                 unmappable.append((row["id"], f"mapping: {e}"))
-        self._cursor = rows[-1][0]
+        self._cursor = rows[-1]["id"]
         if unmappable:
             self._settle([], [], unmappable, None, "unmappable", "", 0)
         return items
@@ -149,7 +161,7 @@ class Forwarder:
 
     def _send(self, items: list[tuple[int, dict]], read_ahead: bool = False) -> tuple[float, list | None]:
         """Submit one batch; return (delay, the next batch if read ahead). A delay means: failed, back off."""
-        body = json.dumps({"dataSource": self.profile.source, "records": [r for _, r in items]},
+        body = json.dumps({"dataSource": self.profile.source, "records": [r for _, r, _ in items]},
                           ensure_ascii=False, separators=(",", ":")).encode()
         if len(body) > MAX_BODY and len(items) > 1:
             return self._send_halves(items), None
@@ -165,6 +177,7 @@ class Forwarder:
             self._close()
             return self._failed(items, None, f"{type(e).__name__}: {e}", (time.monotonic() - started) * 1000), None
         took = (time.monotonic() - started) * 1000
+        self.request_seconds.observe(took / 1000)
         if status == 200:
             return self._accepted(items, answer, took), following
         if status in (429, 503):
@@ -203,11 +216,13 @@ class Forwarder:
         except (ValueError, KeyError, TypeError):
             return self._failed(items, 200, f"unreadable answer: {answer[:300]!r}", took)
         done, duplicate, dead, missing = [], [], [], []
-        for rating_id, record in items:
+        now = self.clock.now()
+        for rating_id, record, received_at in items:
             result = by_id.get(record["evalId"])
             status = result.get("status") if result else None
             if status == "accepted":
                 done.append(rating_id)
+                self.latency.observe(max(0.0, now - received_at))
             elif status == "duplicate":
                 duplicate.append(rating_id)
             elif status == "rejected":
@@ -220,9 +235,9 @@ class Forwarder:
 
     def _failed(self, items, status: int | None, detail: str, took: float) -> float:
         self.last_error = detail
-        self.counts["failed_attempts"] += 1
+        self.results["failures"].inc()
         log.warning("forwarding %d ratings failed: %s", len(items), detail)
-        ids = [rating_id for rating_id, _ in items]
+        ids = [rating_id for rating_id, _, _ in items]
         now = self.clock.now()
         self.writer.submit(lambda conn: _record_failure(conn, ids, now, status, detail, took))
         self.failures += 1
@@ -241,10 +256,10 @@ class Forwarder:
                          "VALUES (?, ?, ?, ?, ?, ?)", (now, len(forwarded) + len(dead), status, outcome, detail, took))
 
         self.writer.submit(run)  # the cursor keeps these from being read again before it commits
-        self.counts["attempts"] += 1
-        self.counts["forwarded"] += len(done)
-        self.counts["duplicate"] += len(duplicate)
-        self.counts["dead"] += len(dead)
+        self.results["attempts"].inc()
+        self.results["forwarded"].inc(len(done))
+        self.results["duplicate"].inc(len(duplicate))
+        self.results["dead"].inc(len(dead))
         for rating_id, why in dead:
             log.error("rating %d is a dead letter: %s", rating_id, why)
 

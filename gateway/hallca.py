@@ -1,5 +1,5 @@
 """A small certificate authority for one hall: the broker's TLS certificate, and the CA certificate every
-device and the gateway trust. Made once by `hcp-gateway ca init`; the CA key never leaves the gateway.
+device and the gateway trust. Made once by `hcp-gateway ca-init`; the CA key never leaves the gateway.
 
 Files in the CA folder: ca.crt (PEM, goes to every device as ca.der, DER), ca.key (0600), broker.crt and
 broker.key (0600, for Mosquitto's certfile and keyfile).
@@ -80,7 +80,7 @@ def files(folder: Path) -> dict:
                                                      ("certfile", "broker.crt"), ("keyfile", "broker.key"))}
     missing = [str(path) for path in found.values() if not path.exists()]
     if missing:
-        raise CaError(f"the hall CA is incomplete: {', '.join(missing)} missing (hcp-gateway ca init)")
+        raise CaError(f"the hall CA is incomplete: {', '.join(missing)} missing (hcp-gateway ca-init)")
     return found
 
 

@@ -5,8 +5,10 @@ message until the gateway's PUBACK, and the PUBACK is sent only after the writer
 gateway that dies mid-batch leaves the unacknowledged messages with the broker, which delivers them again.
 
 One thread owns the paho client: it runs the network loop, decodes what arrives, hands it to the writer, and
-sends the device acks and PUBACKs the writer's commits release. Keeping every paho call on that thread spares
-the GIL hand-offs that calls from the writer thread would cost on every packet.
+after each commit publishes what the downlink queued (device acks first) and sends the PUBACKs the commit
+released. Keeping every paho call on that thread spares the GIL hand-offs that calls from the writer thread
+would cost on every packet. What goes to a device is built and signed by gateway.downlink; this module only
+receives.
 """
 from __future__ import annotations
 
@@ -15,78 +17,55 @@ import logging
 import select
 import socket
 import threading
+import time
 from collections import defaultdict, deque
 
 import paho.mqtt.client as mqtt
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from gateway import db, ratings
+from gateway import ratings
+from gateway.downlink import Downlink
+from gateway.registry import DeviceGate
 from gateway.store import StorageFull, Writer
 from protocol import codec
 
 log = logging.getLogger("gateway.ingest")
 READS_PER_WAKE = 64
 RESUME_CHECK_S = 5.0
-REGISTRY_CHECK_S = 5.0
-
-
-class DeviceGate:
-    """Which devices may send: registered and not revoked (mqtt.registered_only). Read from the registry
-    every few seconds, and at once when the gateway itself changes it."""
-
-    def __init__(self, config: dict, clock):
-        self.enabled = config["mqtt.registered_only"]
-        self.path = config["store.path"]
-        self.clock = clock
-        self.allowed: set[str] = set()
-        self.revoked: set[str] = set()
-        self.keys: dict[str, str] = {}  # device -> command key: what the gateway signs its messages to it with
-        self.checked_at = float("-inf")
-
-    def refresh(self) -> None:
-        reader = db.connect(self.path, readonly=True)
-        try:
-            rows = reader.execute("SELECT dev, revoked_at IS NOT NULL, command_key FROM devices").fetchall()
-        finally:
-            reader.conn.close()
-        self.allowed = {dev for dev, revoked, _ in rows if not revoked}
-        self.revoked = {dev for dev, revoked, _ in rows if revoked}
-        self.keys = {dev: key for dev, revoked, key in rows if key and not revoked}
-        self.checked_at = self.clock.now()
-
-    def admit(self, dev: str, command_key: str | None = None) -> None:
-        """A device just registered, or given a new command key (a revoked one stays revoked)."""
-        if dev not in self.revoked:
-            self.allowed.add(dev)
-            if command_key:
-                self.keys[dev] = command_key
-
-    def refusal(self, dev: str) -> str | None:
-        """None if `dev` may send, else the reject code."""
-        if not self.enabled or dev in self.allowed:
-            return None
-        if self.clock.now() - self.checked_at > REGISTRY_CHECK_S:  # registered a moment ago, perhaps
-            self.refresh()
-            if dev in self.allowed:
-                return None
-        return "revoked" if dev in self.revoked else "unknown_device"
+TURN_S = 0.25  # longest wait for the socket, so the registry is looked at even when nothing arrives
+OUTCOMES = {  # what became of each message that arrived
+    "stored": "ratings stored",
+    "duplicate": "ratings received again and acknowledged again",
+    "already_rated": "attempts at a case already rated (recorded, not ratings)",
+    "rejected": "messages refused with a reason",
+    "refused": "messages not stored (storage full), left at the broker",
+    "status": "status messages recorded",
+}
 
 
 class Ingest:
-    def __init__(self, config: dict, writer: Writer, clock, calendar):
+    def __init__(self, config: dict, writer: Writer, clock, calendar, gate: DeviceGate, downlink: Downlink,
+                 metrics: CollectorRegistry):
         self.config = config
         self.hall = config["gateway.hall"]
         self.writer = writer
         self.clock = clock
         self.calendar = calendar
+        self.gate = gate
+        self.downlink = downlink
+        downlink.wake = self._wake
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker confirmed the subscription (and so the session)
         self.paused = False
-        self.gate = DeviceGate(config, clock)
-        self.counts = defaultdict(int)  # stored, duplicate, already_rated, rejected, status, refused
-        # What the current batch releases once committed: (device, rating id, topic, payload, mid) where a
-        # rating has a device and rating id, anything else a topic and payload to publish (or none).
+        self.outcomes = {outcome: Counter(f"hcp_ingest_{outcome}", help_text, registry=metrics)
+                         for outcome, help_text in OUTCOMES.items()}
+        self.commit_to_ack = Histogram("hcp_commit_to_ack_seconds", "from a rating's commit to its device ack "
+                                       "handed to the broker connection", registry=metrics,
+                                       buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2))
+        # What the current batch releases once committed, in order: (outcome, device, rating id, mid, then
+        # for a reject its ref and error).
         self._committed: list[tuple] = []
-        self._outgoing: deque = deque()  # committed batches waiting for the network thread: (acks, sends)
+        self._pubacks: deque = deque()  # message ids whose PUBACK the network thread sends next
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # The writer wakes the network thread through this pair when a commit released acks to send.
@@ -113,7 +92,6 @@ class Ingest:
         return client
 
     def start(self) -> None:
-        self.gate.refresh()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._thread.start()
 
@@ -124,16 +102,12 @@ class Ingest:
             self._thread.join()
             self._thread = None
 
-    def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish from any thread (QoS 1): queued for the network thread, which owns the client."""
-        self._outgoing.append(({}, [(topic, payload, None, retain)]))
-        self._wake()
-
     # ---- the network thread ----
 
     def _run(self) -> None:
         delay = 0.0
         while not self._stop.is_set():
+            self.gate.poll()
             if self.paused:
                 if self.client.socket() is not None:
                     self._send_committed()
@@ -157,7 +131,7 @@ class Ingest:
         """One turn of paho's external loop: wait for the socket or a commit, read, send, keep alive."""
         writing = [sock] if self.client.want_write() else []
         try:
-            readable, _, _ = select.select([sock, self._wake_r], writing, [], 1.0)
+            readable, _, _ = select.select([sock, self._wake_r], writing, [], TURN_S)
         except (OSError, ValueError):  # the socket closed under us: reconnect next turn
             return
         if self._wake_r in readable:
@@ -226,13 +200,15 @@ class Ingest:
         if refusal:
             self._reject(message, codec.ProtocolError(refusal, "dev", f"device {dev} may not send here"), now)
             return
+        mid = message.mid
         if msg["k"] == "rating":
-            self.writer.submit_item(self._store_ratings, ratings.from_device(hall, msg, now),
-                                    lambda result: self._after_rating(dev, msg["id"], message.mid, result),
+            self.writer.submit_item(self._store_ratings, ratings.from_device(msg, now),
+                                    lambda result: self._after(result, result, dev, msg["id"], mid),
                                     needs_space=True)
         else:  # status: the only other kind the subscription lets through
+            online = msg["state"] == "online"
             self.writer.submit(lambda conn: ratings.store_status(conn, hall, msg, now),
-                               lambda result: self._after_status(dev, msg, message.mid, result))
+                               lambda result: self._after(result, "status", dev, online, mid))
 
     def _store_ratings(self, conn, batch: list[dict]) -> list[str]:
         return ratings.store_many(conn, batch, self.calendar, self.config["cases.followup_days"])
@@ -241,75 +217,52 @@ class Ingest:
         dev = _device_of(message.topic)
         ref = _rating_id_of(message.payload)
         log.warning("rejected message on %s: %s", message.topic, error)
+        mid = message.mid
         self.writer.submit(
             lambda conn: ratings.store_reject(conn, now, message.topic, dev, ref, error.code, error.field,
                                               error.detail, message.payload),
-            lambda result: self._after_reject(dev, ref, error, message.mid, result))
+            lambda result: self._after(result, "rejected", dev, None, mid, ref, error))
 
     def _send_committed(self) -> None:
-        """Device acks (one message per device and batch), rejects, time, then the PUBACKs to the broker."""
-        while self._outgoing:
-            acks, sends = self._outgoing.popleft()
-            for dev, ids in acks.items():
-                for start in range(0, len(ids), 32):
-                    ack = {"v": 1, "k": "ack", "ids": ids[start:start + 32]}
-                    topic = codec.topic(self.hall, dev, "ack")
-                    self.client.publish(topic, self._signed(dev, topic, codec.encode(ack)), qos=1)
-            for topic, payload, mid, *retain in sends:
-                if topic is not None:
-                    payload = self._signed(topic.split("/")[3], topic, payload)
-                    self.client.publish(topic, payload, qos=1, retain=bool(retain and retain[0]))
-                if mid is not None:
-                    self.client.ack(mid, 1)
+        """What the commits released: the downlink's messages (device acks first), then the PUBACKs."""
+        self.downlink.drain(self._publish, self.commit_to_ack.observe)
+        while self._pubacks:
+            self.client.ack(self._pubacks.popleft(), 1)
 
-    def _signed(self, dev: str, topic: str, payload: bytes) -> bytes:
-        """Every message to a device that has a command key carries the mac it checks (protocol/codec.py)."""
-        key = self.gate.keys.get(dev)
-        return codec.sign(topic, payload, key) if key else payload
+    def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain)
 
     # ---- after commit (writer thread): note what to send; the network thread sends it ----
 
-    def _after_rating(self, dev: str, rating_id: str, mid: int, result) -> None:
+    def _after(self, result, outcome: str, dev: str | None, detail, mid: int, ref=None, error=None) -> None:
+        """A message's write is settled: count it and note what it releases. `detail` is the rating id of a
+        rating, whether a status says online."""
         if isinstance(result, Exception):
             self._refused(result)
             return
-        self.counts[result] += 1
-        self._committed.append((dev, rating_id, None, None, mid))
-
-    def _after_status(self, dev: str, msg: dict, mid: int, result) -> None:
-        if isinstance(result, Exception):
-            self._refused(result)
-            return
-        self.counts["status"] += 1
-        if msg["state"] == "online":
-            time_sync = codec.encode({"v": 1, "k": "time", "t": int(self.clock.now()), "tz": 480})
-            self._committed.append((None, None, codec.topic(self.hall, dev, "time"), time_sync, mid))
-        else:
-            self._committed.append((None, None, None, None, mid))
-
-    def _after_reject(self, dev, ref, error: codec.ProtocolError, mid: int, result) -> None:
-        if isinstance(result, Exception):
-            self._refused(result)
-            return
-        self.counts["rejected"] += 1
-        # No device to answer (the topic was not one of ours), or one the registry does not know: no reject,
-        # which would make it drop the rating. It keeps it, sending again, until someone registers it.
-        if dev is None or error.code in ("unknown_device", "revoked"):
-            self._committed.append((None, None, None, None, mid))
-            return
-        reject = {"v": 1, "k": "reject", "ref": ref, "code": error.code, "detail": str(error)[:200]}
-        self._committed.append((None, None, codec.topic(self.hall, dev, "reject"), codec.encode(reject), mid))
+        self.outcomes[outcome].inc()
+        self._committed.append((outcome, dev, detail, mid, ref, error))
 
     def _release_batch(self) -> None:
-        """After each commit: hand what it released to the network thread."""
+        """After each commit: queue what it released (device acks grouped per device), then wake the network
+        thread. Nothing here went out before its commit."""
         if not self._committed:
             return
         committed, self._committed = self._committed, []
         acks: dict[str, list] = defaultdict(list)
-        for dev, rating_id, _, _, _ in committed:
-            if dev is not None:
-                acks[dev].append(rating_id)
-        self._outgoing.append((acks, [(topic, payload, mid) for _, _, topic, payload, mid in committed]))
+        for outcome, dev, detail, mid, ref, error in committed:
+            if outcome == "status":
+                if detail:  # came online: its clock starts from zero
+                    self.downlink.time(dev)
+            elif outcome == "rejected":
+                # No device to answer (the topic was not one of ours), or one the registry does not know: no
+                # reject, which would make it drop the rating; it keeps it until someone registers it.
+                if dev is not None and error.code not in ("unknown_device", "revoked"):
+                    self.downlink.reject(dev, ref, error.code, str(error))
+            else:
+                acks[dev].append(detail)
+            self._pubacks.append(mid)
+        self.downlink.acks(acks, time.monotonic())
         self._wake()
 
     def _wake(self) -> None:
@@ -320,7 +273,7 @@ class Ingest:
 
     def _refused(self, error: Exception) -> None:
         """Not stored, so not acknowledged: the broker keeps the message. Stop taking more until space is back."""
-        self.counts["refused"] += 1
+        self.outcomes["refused"].inc()
         if isinstance(error, StorageFull) and not self.paused:
             self.paused = True
             log.error("not storing ratings (%s); disconnecting so they wait at the broker", error)

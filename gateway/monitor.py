@@ -1,45 +1,66 @@
-"""/healthz and Prometheus /metrics on a local HTTP port."""
+"""/healthz and Prometheus /metrics on a local HTTP port.
+
+The counters and histograms live where things happen (ingest, forwarder, housekeeping, notifier); the queue
+depths and the storage state are read when scraped, by QueueCollector.
+"""
 from __future__ import annotations
 
 import json
-import logging
-from http.server import BaseHTTPRequestHandler
 
+from prometheus_client import make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway import report
 from gateway.httpservice import HttpService
 
-log = logging.getLogger("gateway.monitor")
+
+class QueueCollector(Collector):
+    """Gauges read at scrape time from the database and the running parts."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+
+    def collect(self):
+        g = self.gateway
+        figures = report.status(g.reader, g.clock.now())
+        gauges = {
+            "outbox_pending": ("queue: ratings waiting to be forwarded", figures["pending"]),
+            "dead_letters": ("ratings the province rejected or that cannot be mapped", figures["dead_letters"]),
+            "oldest_pending_age_seconds": ("age of the oldest unforwarded rating",
+                                           figures["oldest_pending_age_s"] or 0),
+            "devices_online": ("devices whose last status is online", figures["devices_online"]),
+            "devices_offline": ("devices whose last status is offline", figures["devices_offline"]),
+            "followups_open": ("差评 follow-ups not closed", figures["followups_open"]),
+            "cases_open": ("cases waiting for a rating", figures["cases_open"]),
+            "db_bytes": ("bytes the database uses", figures["db_bytes"]),
+            "storage_alarm": ("1 when the database passed the alarm size", int(g.writer.alarm)),
+            "storage_full": ("1 when the quota is reached and ratings are not taken", int(g.writer.full)),
+            "broker_connected": ("1 while connected to the broker", int(g.ingest.connected.is_set())),
+            "api_connections": ("connections open to the case API and the citizens' pages", g.api.connections()),
+        }
+        for name, (help_text, value) in gauges.items():
+            yield GaugeMetricFamily(f"hcp_{name}", help_text, value=value)
 
 
 class Monitor(HttpService):
     """Serves the gateway's health and figures; `gateway` is the running service.Gateway."""
 
-    def __init__(self, host: str, port: int, gateway):
-        super().__init__("monitor", host, port, _Handler, gateway=gateway)
+    def __init__(self, gateway):
+        config = gateway.config
+        self.gateway = gateway
+        self.metrics_app = make_wsgi_app(gateway.metrics)
+        super().__init__("monitor", config["http.host"], config["http.port"], self.app, config)
 
-
-class _Handler(BaseHTTPRequestHandler):
-    gateway = None
-    disable_nagle_algorithm = True  # headers and body go out as two writes; don't hold the second back
-
-    def do_GET(self):  # noqa: N802 - the http.server API
-        if self.path == "/healthz":
+    def app(self, environ, start_response):
+        path = environ.get("PATH_INFO")
+        if path == "/metrics":
+            return self.metrics_app(environ, start_response)
+        if path == "/healthz":
             health = self.gateway.health()
-            self._send(200 if health["ok"] else 503, "application/json", json.dumps(health))
-        elif self.path == "/metrics":
-            lines = []
-            for name, (kind, help_text, value) in self.gateway.metrics().items():
-                lines += [f"# HELP hcp_{name} {help_text}", f"# TYPE hcp_{name} {kind}", f"hcp_{name} {value}"]
-            self._send(200, "text/plain; version=0.0.4", "\n".join(lines) + "\n")
+            status, body = ("200 OK" if health["ok"] else "503 Service Unavailable"), json.dumps(health)
         else:
-            self._send(404, "application/json", json.dumps({"error": "not found"}))
-
-    def _send(self, status: int, content_type: str, body: str) -> None:
+            status, body = "404 Not Found", json.dumps({"error": "not found"})
         data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format, *args):  # noqa: A002 - keep request lines out of stderr
-        log.debug("http %s", format % args)
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]

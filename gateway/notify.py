@@ -9,6 +9,8 @@ import logging
 import urllib.error
 import urllib.request
 
+from prometheus_client import Counter
+
 from gateway.periodic import Periodic
 from gateway.store import Writer
 from protocol.codec import LEVEL_LABELS, LEVELS
@@ -38,25 +40,23 @@ class Notifier(Periodic):
     interval = 1.0
     name = "notifier"
 
-    def __init__(self, config: dict, writer: Writer, clock, reader):
+    def __init__(self, config: dict, writer: Writer, clock, reader, metrics):
         super().__init__()
         self.url = config["cases.webhook_url"]
         self.writer = writer
         self.clock = clock
         self.reader = reader
-        self.sent = 0
+        self.sent = Counter("hcp_webhooks_sent", "差评 notices delivered to the duty manager", registry=metrics)
 
     def run_once(self) -> None:
         now = self.clock.now()
-        cursor = self.reader.execute(_DUE, (now,))
-        columns = [d[0] for d in cursor.description]
-        for row in [dict(zip(columns, r)) for r in cursor.fetchall()]:
+        for row in [dict(r) for r in self.reader.execute(_DUE, (now,))]:
             if not self.url:
                 self._mark(row["rating_id"], "none", None, 0)
                 continue
             error = self._post(notice(row))
             if error is None:
-                self.sent += 1
+                self.sent.inc()
                 self._mark(row["rating_id"], "sent", None, 0)
             else:
                 log.warning("webhook for rating %d failed: %s", row["rating_id"], error)

@@ -2,27 +2,48 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import secrets
 import sqlite3
 
 from gateway.workdays import CalendarMissing, WorkCalendar
 from protocol.codec import BAD_LEVELS
 
 STORED, DUPLICATE, ALREADY_RATED = "stored", "duplicate", "already_rated"
+PHONE_LIMIT, WINDOW_LIMIT = "phone_limit", "window_limit"  # a window rating refused by its limits
 FUTURE_TOLERANCE_S = 60  # a device clock further ahead than this is not believed
 
 
-def from_device(hall: str, msg: dict, received_at: float) -> dict:
-    """The stored form of a device's rating message."""
+def _rating(origin: str, rid: str, channel: str, case_ref: str | None, level: str, public: bool, received_at: float,
+            reasons: list | None = None, comment: str | None = None, boot: str | None = None, seq: int | None = None,
+            device_time: float | None = None, assessed_at: float | None = None) -> dict:
+    """A rating as stored: every shape below goes through here, so they differ only where they must."""
+    return {"origin": origin, "rid": rid, "channel": channel, "boot": boot, "seq": seq, "case_ref": case_ref,
+            "level": level, "public": int(public), "reasons": ",".join(reasons or []) or None,
+            "comment": comment or None, "device_time": device_time, "received_at": received_at,
+            "assessed_at": received_at if assessed_at is None else assessed_at}
+
+
+def from_device(msg: dict, received_at: float) -> dict:
+    """A press on an evaluator (the protocol's rating message), assessed when the device says, if believable."""
     device_time = msg["t"]
     believable = device_time is not None and device_time <= received_at + FUTURE_TOLERANCE_S
-    return {
-        "origin": msg["dev"], "rid": msg["id"], "channel": "device", "boot": msg["boot"], "seq": msg["seq"],
-        "case_ref": msg["case"], "level": msg["lvl"], "public": int(msg["pub"]),
-        "reasons": ",".join(msg.get("rsn") or []) or None, "comment": None,
-        "device_time": device_time, "received_at": received_at,
-        "assessed_at": device_time if believable else received_at,
-    }
+    return _rating(msg["dev"], msg["id"], "device", msg["case"], msg["lvl"], msg["pub"], received_at,
+                   msg.get("rsn"), boot=msg["boot"], seq=msg["seq"], device_time=device_time,
+                   assessed_at=device_time if believable else received_at)
+
+
+def from_page(origin: str, case_ref: str | None, choice: dict, received_at: float) -> dict:
+    """A rating made on the citizen's page (QR channel): of a case, or of a window itself (no case)."""
+    return _rating(origin, secrets.token_hex(8), "qr", case_ref, choice["level"], choice["public"], received_at,
+                   choice["reasons"], choice["comment"])
+
+
+def default_for(case_ref: str, origin: str, level: str, issued_at: float) -> dict:
+    """The system's default rating of a case nobody rated in time; its id is stable, so it is stored once."""
+    rid = hashlib.sha256(case_ref.encode()).hexdigest()[:16]
+    return _rating(origin, rid, "default", case_ref, level, True, issued_at)
 
 
 _FIELDS = ("origin", "rid", "channel", "boot", "seq", "case_ref", "level", "public", "reasons", "comment",
@@ -87,6 +108,20 @@ def _sort_out(conn: sqlite3.Connection, batch: list[dict], before: int) -> list[
             outcomes.append(ALREADY_RATED if recorded else DUPLICATE)
         seen.add(key)
     return outcomes
+
+
+def store_window_rating(conn: sqlite3.Connection, rating: dict, window_no: str, phone: str, day: str,
+                        per_hour: int, calendar: WorkCalendar, followup_days: int) -> str:
+    """Store a rating of a window itself (its standing QR, no case) within its limits: one per phone per window
+    per China day (PHONE_LIMIT), `per_hour` per window (WINDOW_LIMIT); beyond them nothing is stored."""
+    recent = conn.execute("SELECT count(*) FROM window_ratings WHERE window_no = ? AND at > ?",
+                          (window_no, rating["received_at"] - 3600)).fetchone()[0]
+    if recent >= per_hour:
+        return WINDOW_LIMIT
+    if not conn.execute("INSERT INTO window_ratings (window_no, phone, day, at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT DO NOTHING", (window_no, phone, day, rating["received_at"])).rowcount:
+        return PHONE_LIMIT
+    return store(conn, rating, calendar, followup_days)
 
 
 def followup_deadline(calendar: WorkCalendar, opened_at: float, days: int) -> float | None:

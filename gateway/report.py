@@ -6,7 +6,7 @@ import datetime as dt
 import io
 from pathlib import Path
 
-from gateway import db
+from gateway import audit, db
 from gateway.workdays import CHINA
 from protocol.codec import LEVEL_LABELS, LEVELS
 
@@ -37,8 +37,7 @@ def dead_letters(database) -> list[dict]:
     cursor = database.execute(
         "SELECT o.rating_id, r.origin, r.channel, r.case_ref, r.level, r.assessed_at, o.attempts, o.last_error "
         "FROM outbox o JOIN ratings r ON r.id = o.rating_id WHERE o.state = 'dead' ORDER BY o.rating_id")
-    columns = [d[0] for d in cursor.description]
-    return [dict(zip(columns, row)) for row in cursor.fetchall()]
+    return [dict(row) for row in cursor]
 
 
 def retry_dead_letters(path: Path, rating_ids: list[int] | None, actor: str, now: float) -> int:
@@ -56,8 +55,8 @@ def retry_dead_letters(path: Path, rating_ids: list[int] | None, actor: str, now
             args = list(rating_ids)
         count = conn.execute(f"UPDATE outbox SET state = 'pending', last_error = NULL, done_at = NULL WHERE {where}",
                              args).rowcount
-        conn.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, 'retry_dead_letters', ?)",
-                     (now, actor, f"{count} ratings" + (f": {rating_ids}" if rating_ids else "")))
+        detail = f"{count} ratings" + (f": {rating_ids}" if rating_ids else "")
+        audit.append(conn, now, actor, "retry_dead_letters", detail)
         conn.execute("COMMIT")
         return count
     finally:

@@ -1,18 +1,24 @@
-"""The running gateway: one writer, MQTT ingest, forwarder, housekeeping, notifier and monitor, wired up."""
+"""The running gateway: one writer, MQTT ingest and downlink, forwarder, housekeeping, notifier, the case API
+with the citizens' pages, and the monitor, wired up."""
 from __future__ import annotations
 
 import logging
 import signal
 import threading
 
-from gateway import brokerauth, db, report
+from prometheus_client import CollectorRegistry
+
+from gateway import brokerauth, db
 from gateway.api import Api
-from gateway.cases import Housekeeping
+from gateway.cases import Cases, Housekeeping
 from gateway.clock import Clock
+from gateway.downlink import Downlink
 from gateway.forwarder import Forwarder
 from gateway.ingest import Ingest
-from gateway.monitor import Monitor
+from gateway.monitor import Monitor, QueueCollector
 from gateway.notify import Notifier
+from gateway.pages import Pages
+from gateway.registry import DeviceGate, Registry
 from gateway.store import Writer
 from gateway.workdays import WorkCalendar
 
@@ -26,14 +32,20 @@ class Gateway:
         self.clock = clock or Clock(config["clock.offset_s"])
         self.calendar = WorkCalendar(config["calendar.extra_years"], config["calendar.holidays"],
                                      config["calendar.workdays"])
+        self.metrics = CollectorRegistry()  # this gateway's own, so several can run in one process (tests)
         quota = config["store.quota_mb"] * MB
         self.writer = Writer(config["store.path"], config["store.batch_max"], config["store.batch_wait_ms"] / 1000,
                              quota_bytes=quota, alarm_bytes=quota * config["store.alarm_percent"] // 100)
-        self.ingest = Ingest(config, self.writer, self.clock, self.calendar)
-        self.forwarder = Forwarder(config, self.writer, self.clock)
+        self.gate = DeviceGate(config["store.path"], config["mqtt.registered_only"])
+        self.downlink = Downlink(config["gateway.hall"], self.gate.key, self.clock)
+        self.ingest = Ingest(config, self.writer, self.clock, self.calendar, self.gate, self.downlink, self.metrics)
+        self.forwarder = Forwarder(config, self.writer, self.clock, self.metrics)
         self.writer.batch_listeners.append(self.forwarder.wake.set)
-        self.housekeeping = Housekeeping(config, self.writer, self.clock, self.calendar)
+        self.housekeeping = Housekeeping(config, self.writer, self.clock, self.calendar, self.metrics)
         self.reader = None
+        self.registry: Registry | None = None
+        self.cases: Cases | None = None
+        self.pages: Pages | None = None
         self.notifier: Notifier | None = None
         self.monitor: Monitor | None = None
         self.api: Api | None = None
@@ -42,9 +54,15 @@ class Gateway:
         """Start every part; StorageError if the database cannot be used, OSError if the port is taken."""
         self.writer.start()
         self.reader = db.Reader(self.config["store.path"])
+        self.gate.start()
         brokerauth.write_files(self.reader, self.config)  # the broker's accounts as the registry has them
-        self.notifier = Notifier(self.config, self.writer, self.clock, self.reader)
-        self.monitor = Monitor(self.config["http.host"], self.config["http.port"], self)
+        parts = (self.config, self.writer, self.reader)
+        self.registry = Registry(*parts, self.gate, self.downlink, self.clock)
+        self.cases = Cases(*parts, self.registry, self.downlink, self.clock, self.calendar)
+        self.pages = Pages(*parts, self.registry, self.downlink, self.clock, self.calendar)
+        self.notifier = Notifier(self.config, self.writer, self.clock, self.reader, self.metrics)
+        self.metrics.register(QueueCollector(self))
+        self.monitor = Monitor(self)
         self.api = Api(self)
         self.ingest.start()
         self.forwarder.start()
@@ -62,6 +80,7 @@ class Gateway:
             if part is not None:
                 part.stop()
         self.writer.stop()
+        self.gate.stop()
         if self.reader is not None:
             self.reader.conn.close()
 
@@ -79,33 +98,10 @@ class Gateway:
         return {"ok": all(checks.values()), **checks, "storage_alarm": self.writer.alarm,
                 "forward_last_error": self.forwarder.last_error}
 
-    def metrics(self) -> dict:
-        figures = report.status(self.reader, self.clock.now())
-        counts = self.ingest.counts
-        gauges = {
-            "outbox_pending": ("queue: ratings waiting to be forwarded", figures["pending"]),
-            "dead_letters": ("ratings the province rejected or that cannot be mapped", figures["dead_letters"]),
-            "oldest_pending_age_seconds": ("age of the oldest unforwarded rating",
-                                           figures["oldest_pending_age_s"] or 0),
-            "devices_online": ("devices whose last status is online", figures["devices_online"]),
-            "devices_offline": ("devices whose last status is offline", figures["devices_offline"]),
-            "db_bytes": ("bytes the database uses", figures["db_bytes"]),
-            "storage_alarm": ("1 when the database passed the alarm size", int(self.writer.alarm)),
-            "storage_full": ("1 when the quota is reached and ratings are not taken", int(self.writer.full)),
-            "broker_connected": ("1 while connected to the broker", int(self.ingest.connected.is_set())),
-        }
-        counters = {
-            "ratings_stored_total": ("ratings stored since start", counts["stored"]),
-            "ratings_duplicate_total": ("ratings received again and acked again", counts["duplicate"]),
-            "ratings_already_rated_total": ("attempts at a case already rated", counts["already_rated"]),
-            "messages_rejected_total": ("messages refused with a reason", counts["rejected"]),
-            "messages_refused_total": ("messages not stored (storage full), left at the broker", counts["refused"]),
-            "forwarded_total": ("ratings the province accepted", self.forwarder.counts["forwarded"]),
-            "forward_duplicate_total": ("ratings the province had already", self.forwarder.counts["duplicate"]),
-            "forward_failures_total": ("submissions that failed and will be retried",
-                                       self.forwarder.counts["failed_attempts"]),
-            "default_ratings_total": ("default ratings issued", self.housekeeping.defaults_issued),
-            "webhooks_sent_total": ("差评 notices delivered", self.notifier.sent if self.notifier else 0),
-        }
-        return {**{k: ("gauge", h, v) for k, (h, v) in gauges.items()},
-                **{k: ("counter", h, v) for k, (h, v) in counters.items()}}
+    def counter(self, name: str) -> int:
+        """A counter's value since start, by its name without hcp_ and _total (ingest_stored, forward_failures)."""
+        counters = {**{f"ingest_{k}": c for k, c in self.ingest.outcomes.items()},
+                    **{f"forward_{k}": c for k, c in self.forwarder.results.items()},
+                    "default_ratings": self.housekeeping.defaults_issued,
+                    "webhooks_sent": self.notifier.sent}
+        return int(counters[name].collect()[0].samples[0].value)

@@ -38,7 +38,7 @@ SETTINGS = [
     Setting("mqtt.password", "", "Broker password."),
     Setting("mqtt.keepalive_s", 30, "MQTT keepalive in seconds."),
     Setting("mqtt.tls_ca", "", "CA certificate (PEM) to verify the broker with over TLS, e.g. the hall CA's ca.crt "
-            "(hcp-gateway ca init). Empty: plain MQTT."),
+            "(hcp-gateway ca-init). Empty: plain MQTT."),
     Setting("mqtt.registered_only", True, "Refuse (and record) messages from devices not in the registry or revoked."),
     Setting("broker.password_file", "", "Mosquitto password_file the gateway writes from the registry: an account "
             "per device and one for the gateway (mqtt.username). Empty: the gateway does not manage accounts."),
@@ -47,7 +47,10 @@ SETTINGS = [
     Setting("store.path", "gateway.db", "The SQLite database file."),
     Setting("store.batch_max", 500, "Most messages stored in one transaction (group commit)."),
     Setting("store.batch_wait_ms", 5, "Longest wait to fill a group commit once a message is waiting."),
-    Setting("store.retention_days", 90, "Forwarded ratings older than this are pruned."),
+    Setting("store.retention_years", 3, "Years ratings, their cases and 差评 follow-ups are kept (the monthly 通报 "
+            "and the yearly 考核 count them); after that forwarded ones are pruned."),
+    Setting("store.retention_days", 90, "Days operational rows are kept: forward attempts, refused messages, rating "
+            "links of cases no longer open."),
     Setting("store.quota_mb", 2048, "Database size at which the gateway stops acknowledging ratings, so they wait "
             "at the broker and on the devices instead of being dropped."),
     Setting("store.alarm_percent", 80, "Database size, in percent of the quota, that raises the storage alarm."),
@@ -84,9 +87,15 @@ SETTINGS = [
     Setting("api.rate_per_minute", 600, "API calls one key may make a minute (bursts of as many); more get 429."),
     Setting("api.page_rate_per_minute", 60, "Rating-page requests one client address may make a minute; more get "
             "429."),
+    Setting("api.window_ratings_per_hour", 30, "Ratings one window's standing QR takes an hour (besides one per "
+            "phone per day); more are refused with a page that says so."),
     Setting("cases.prompt_s", 30, "Seconds an evaluator accepts a press for a prompted case."),
     Setting("http.host", "127.0.0.1", "Address of /healthz and /metrics."),
     Setting("http.port", 8780, "Port of /healthz and /metrics (0: any free port)."),
+    Setting("http.request_timeout_s", 10, "Seconds a connection to either HTTP port may stay silent (in its "
+            "request, or between requests) before it is closed."),
+    Setting("http.max_connections", 4000, "Connections both HTTP ports hold open at once, each; more wait to be "
+            "accepted. Each is a file descriptor: keep the process's limit (LimitNOFILE) above twice this."),
     Setting("log.level", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR."),
     Setting("clock.offset_s", 0.0, "Run this many seconds ahead of the system clock, so simulated days can pass "
             "(hcp-sim); keep 0 in a hall."),
@@ -148,7 +157,8 @@ def _check_combinations(config: Config) -> None:
                           "gateway's own account")
     if config["mqtt.tls_ca"] and not Path(config["mqtt.tls_ca"]).is_file():
         raise ConfigError(f"mqtt.tls_ca: no CA certificate at {config['mqtt.tls_ca']}")
-    for name in ("api.rate_per_minute", "api.page_rate_per_minute"):
+    for name in ("api.rate_per_minute", "api.page_rate_per_minute", "api.window_ratings_per_hour",
+                 "http.request_timeout_s", "http.max_connections", "store.retention_years"):
         if config[name] < 1:
             raise ConfigError(f"{name} must be at least 1")
 

@@ -79,7 +79,7 @@ def _run(firmware, heapsize, cycles, offline, say, work: Path, broker: Broker) -
     config = settings.load(None, {"gateway.hall": HALL, "mqtt.port": broker.port, "http.port": 0, "api.port": 0,
                                   "store.path": str(work / "gateway.db")})
     gateway = Gateway(config).start()
-    gateway.api.register(DEVICE, {})  # as provisioning does
+    gateway.registry.register(DEVICE, {})  # as provisioning does
     watcher = _Watcher(broker.port)
     device = SimDevice(work / "flash", firmware, DEVICE, HALL, broker.port, heapsize=heapsize,
                        site_extra={"tuning": TUNING})
@@ -123,7 +123,7 @@ def _cycles(device: SimDevice, gateway: Gateway, watcher: "_Watcher", cycles: in
             watcher.wait_online(result)
         case = f"SOAK{n:06d}"
         before = device.last_frame
-        gateway.ingest.send(codec.topic(HALL, DEVICE, "prompt"), _prompt(case))
+        gateway.downlink.send(DEVICE, "prompt", _prompt(case))
         device.wait_frame("prompt", after=before)
         before = device.last_frame
         pressed = device.press(n % 3, hold_ms=100)
@@ -140,15 +140,15 @@ def _cycles(device: SimDevice, gateway: Gateway, watcher: "_Watcher", cycles: in
 def _configure(gateway: Gateway, policy: str) -> None:
     message = codec.encode({"v": 1, "k": "config", "ver": int(time.time() * 1000) % 2**31, "policy": policy,
                             "thanks_s": 1, "reasons": []})
-    gateway.ingest.send(codec.topic(HALL, DEVICE, "config"), message, retain=True)
+    gateway.downlink.send(DEVICE, "config", message, retain=True)
     time.sleep(0.3)
 
 
 def _drain(gateway: Gateway, expected: int, say) -> None:
     deadline = time.monotonic() + 300
-    while gateway.ingest.counts["stored"] < expected:
+    while gateway.counter("ingest_stored") < expected:
         if time.monotonic() > deadline:
-            raise SoakFailed(f"the backlog did not drain: {gateway.ingest.counts['stored']} of {expected}")
+            raise SoakFailed(f"the backlog did not drain: {gateway.counter('ingest_stored')} of {expected}")
         time.sleep(0.2)
     say(f"backlog drained: {expected} stored")
 

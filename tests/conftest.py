@@ -9,15 +9,19 @@ import pytest
 from simulator.broker import Broker
 
 REPO = Path(__file__).resolve().parent.parent
-# What the tests send as an applicant's name and certificate number: tests/test_zz_privacy.py makes sure no
-# log of the run holds either.
+# What the tests send as an applicant's name and certificate number: when the run ends, `every_log` makes sure
+# no log of the run holds either.
 APPLICANT_NAME, APPLICANT_CERT = "张三丰", "36110219800101123X"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def every_log(tmp_path_factory):
     """Every log record of the run made in this process (in-process gateways, simulators) also goes to one
-    file under the run's base temporary folder, beside the gateway, broker and device logs of its processes."""
+    file under the run's base temporary folder, beside the gateway, broker and device logs of its processes.
+
+    When the run ends, after every test and its processes are done, no log under that folder may hold an
+    applicant's name or certificate number: not the in-process records, not the gateway processes' log files,
+    not the devices' consoles and error rings, not the brokers' logs. A leak fails the run."""
     path = tmp_path_factory.getbasetemp() / "in-process.log"
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -28,6 +32,11 @@ def every_log(tmp_path_factory):
     root.removeHandler(handler)
     root.level = level
     handler.close()
+    from tests.helpers import leaks
+
+    found = leaks(tmp_path_factory.getbasetemp(), [APPLICANT_NAME, APPLICANT_CERT])
+    if found:
+        pytest.fail("personal data in the run's logs: " + "; ".join(found))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
@@ -26,6 +27,15 @@ def wait_until(predicate, timeout: float = 20.0, what: str = "condition", interv
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def leaks(folder, secrets: list[str]) -> list[str]:
+    """Every log file under `folder` holding one of `secrets`."""
+    found = []
+    for path in sorted(Path(folder).rglob("*.log")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        found += [f"{secret[:1]}… in {path}" for secret in secrets if secret in text]
+    return found
 
 
 def gateway_config(broker_port: int, db_path, province_url: str = "", **overrides) -> dict:

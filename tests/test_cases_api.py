@@ -13,17 +13,22 @@ import pytest
 import zxingcpp
 
 from gateway.access import key_entry
-from gateway.api import mask_name
+from gateway.cases import mask_name
 from gateway.clock import ManualClock
 from tests.conftest import APPLICANT_CERT, APPLICANT_NAME
 from tests.helpers import DEPT, register_device, wait_until
 
 KEY = "window-system-key-0123456789"
-KEYS = [key_entry(KEY, ["window", "technician"], "erp")]
+MANAGER, AUDITOR = "duty-manager-key-0123456789", "auditor-key-0123456789"
+KEYS = [key_entry(KEY, ["window", "technician"], "erp"), key_entry(MANAGER, ["manager"], "duty"),
+        key_entry(AUDITOR, ["auditor"], "audit")]
 
 
-def call(gateway, method: str, path: str, body=None, key: str | None = KEY, form: dict | None = None):
+def call(gateway, method: str, path: str, body=None, key: str | None = KEY, form: dict | None = None,
+         cookie: str | None = None):
     data, headers = None, {}
+    if cookie:
+        headers["Cookie"] = cookie
     if body is not None:
         data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
     if form is not None:
@@ -75,7 +80,7 @@ def test_the_api_needs_a_key_and_explains_bad_input(api_gateway):
 def test_a_finished_case_prompts_its_window_and_is_rated_once(api_gateway, sim_device, province):
     gateway = api_gateway()
     device = sim_device("W01")
-    wait_until(lambda: gateway.api.device_online("W01"), what="the evaluator online")
+    wait_until(lambda: gateway.registry.online("W01"), what="the evaluator online")
     before = device.last_frame
     sent = time.monotonic()
     status, answer = call(gateway, "POST", "/api/v1/cases", case_body())
@@ -99,7 +104,11 @@ def test_a_finished_case_prompts_its_window_and_is_rated_once(api_gateway, sim_d
     device.wait_frame("thanks", after=before)
     wait_until(lambda: json.loads(call(gateway, "GET", f"/api/v1/cases/{case['case_ref']}")[1])["state"] == "rated",
                what="the case rated at the counter")
-    assert json.loads(call(gateway, "GET", f"/api/v1/cases/{case['case_ref']}")[1])["level"] == "very_satisfied"
+    # The window's own system learns that the case was rated, never how (policy art. 11); the manager does.
+    seen_by_window = json.loads(call(gateway, "GET", f"/api/v1/cases/{case['case_ref']}")[1])
+    assert set(seen_by_window) == {"case_ref", "project_no", "state", "deadline"}
+    seen_by_manager = json.loads(call(gateway, "GET", f"/api/v1/cases/{case['case_ref']}", key=MANAGER)[1])
+    assert (seen_by_manager["level"], seen_by_manager["channel"]) == ("very_satisfied", "device")
 
     token = case["url"].rsplit("/", 1)[1]
     page_status, page = call(gateway, "GET", f"/r/{token}", key=None)
@@ -141,7 +150,7 @@ def test_unknown_tokens_and_missing_levels_are_refused(api_gateway):
 def test_a_cancelled_case_withdraws_its_prompt(api_gateway, sim_device):
     gateway = api_gateway()
     device = sim_device("W01")
-    wait_until(lambda: gateway.api.device_online("W01"), what="the evaluator online")
+    wait_until(lambda: gateway.registry.online("W01"), what="the evaluator online")
     before = device.last_frame
     case = json.loads(call(gateway, "POST", "/api/v1/cases", case_body())[1])
     device.wait_frame("prompt", after=before)
@@ -186,7 +195,7 @@ def test_device_registry_and_config_push_with_the_windows_standing_qr(api_gatewa
     assert status == 200 and json.loads(answer)["window_no"] == "B07"
     assert call(gateway, "PUT", "/api/v1/devices/W02", {"dept_code": "short"})[0] == 400
     device = sim_device("W01")
-    wait_until(lambda: gateway.api.device_online("W01"), what="the evaluator online")
+    wait_until(lambda: gateway.registry.online("W01"), what="the evaluator online")
     before = device.last_frame
     status, answer = call(gateway, "PUT", "/api/v1/devices/W01/config",
                           {"hall": "信州区政务服务中心", "window": "A01", "staff": "李*华", "staff_no": "N0321"})
@@ -200,18 +209,40 @@ def test_device_registry_and_config_push_with_the_windows_standing_qr(api_gatewa
     assert call(gateway, "GET", "/api/v1/devices", key=None)[0] == 401
 
 
-def test_the_standing_qr_rates_the_latest_open_case_or_the_window(api_gateway, province):
-    gateway = api_gateway()
-    status, page = call(gateway, "GET", "/w/A01", key=None)  # no open case: rate the window itself
-    assert status == 200 and "窗口 A01" in page
-    assert call(gateway, "POST", "/w/A01/rate", key=None, form={"level": "satisfied"})[0] == 200
-    case = json.loads(call(gateway, "POST", "/api/v1/cases", case_body())[1])
-    status, page = call(gateway, "GET", "/w/A01", key=None)  # followed to the case's own page
-    assert status == 200 and "不动产登记" in page
-    token = case["url"].rsplit("/", 1)[1]
-    assert call(gateway, "POST", f"/r/{token}", key=None, form={"level": "basic"})[0] == 200
-    wait_until(lambda: province.count() == 2, what="both ratings at the province")
-    by_case = {r.get("projectNo"): r for r in province.records()}
-    assert (by_case[None]["windowNo"], by_case[None]["pf"]) == ("A01", "3")
-    assert by_case["3611022026112900017"]["satisfaction"] == 3
-    assert call(gateway, "GET", "/w/Z99", key=None)[0] == 404
+def window_page(gateway, window: str, cookie: str | None = None) -> tuple[int, str, str | None]:
+    """GET a window's standing QR page: (status, page, the phone cookie it set, if any)."""
+    headers = {"Cookie": cookie} if cookie else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{gateway.api.port}/w/{window}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            set_cookie = response.headers.get("Set-Cookie")
+            return response.status, response.read().decode(), set_cookie.split(";")[0] if set_cookie else None
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), None
+
+
+def test_the_standing_qr_rates_only_the_window_and_within_its_limits(api_gateway, province):
+    clock = ManualClock(time.time())
+    gateway = api_gateway(clock=clock, **{"api.window_ratings_per_hour": 3})
+    case = json.loads(call(gateway, "POST", "/api/v1/cases", case_body())[1])  # someone else's case is open
+    status, page, phone = window_page(gateway, "A01")
+    assert status == 200 and "窗口 A01" in page and "不动产登记" not in page and phone
+    assert call(gateway, "POST", "/w/A01", key=None, form={"level": "satisfied"}, cookie=phone)[0] == 200
+    status, page = call(gateway, "POST", "/w/A01", key=None, form={"level": "dissatisfied"}, cookie=phone)
+    assert status == 429 and "今天已评价过该窗口" in page  # one a phone a day
+    status, page = call(gateway, "POST", "/w/A01", key=None, form={"level": "satisfied"})
+    assert status == 400 and "Cookie" in page  # no phone to count: nothing stored
+    for _ in range(2):
+        other = window_page(gateway, "A01")[2]
+        assert call(gateway, "POST", "/w/A01", key=None, form={"level": "basic"}, cookie=other)[0] == 200
+    status, page = call(gateway, "POST", "/w/A01", key=None, form={"level": "basic"},
+                        cookie=window_page(gateway, "A01")[2])
+    assert status == 429 and "本小时" in page  # the window's hourly cap
+    wait_until(lambda: province.count() == 3, what="the three window ratings at the province")
+    assert {(r["windowNo"], r["pf"], r.get("projectNo")) for r in province.records()} == {("A01", "3", None)}
+    clock.advance(86400)  # the next day the first phone may rate the window again
+    assert call(gateway, "POST", "/w/A01", key=None, form={"level": "very_satisfied"}, cookie=phone)[0] == 200
+    with sqlite3.connect(gateway.config["store.path"]) as conn:
+        assert conn.execute("SELECT count(*), count(case_ref) FROM ratings").fetchone() == (4, 0)
+    assert json.loads(call(gateway, "GET", f"/api/v1/cases/{case['case_ref']}")[1])["state"] == "open"
+    assert window_page(gateway, "Z99")[0] == 404

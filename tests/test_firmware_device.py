@@ -32,13 +32,13 @@ def send(client: mqtt.Client, dev: str, message: dict, retain: bool = False) -> 
 
 def tell(gateway, dev: str, message: dict, retain: bool = False) -> None:
     """Send a message to a device as the gateway does (its network thread owns the MQTT client)."""
-    gateway.ingest.send(codec.topic(HALL, dev, message["k"]), codec.encode(message), retain=retain)
+    gateway.downlink.send(dev, message["k"], codec.encode(message), retain=retain)
 
 
 def show_prompt(gateway, device, case: str) -> None:
     """Once the device is online at the gateway, prompt it with `case` and wait until it shows it."""
     device.wait_frame("idle")
-    wait_until(lambda: gateway.ingest.counts["status"] >= 1, what="the device online at the gateway")
+    wait_until(lambda: gateway.counter("ingest_status") >= 1, what="the device online at the gateway")
     tell(gateway, device.device, prompt(case))
     device.wait_frame("prompt")
 

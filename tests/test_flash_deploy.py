@@ -71,7 +71,7 @@ def test_deployed_firmware_boots_and_comes_online(board, firmware_tree, broker, 
     result = CliRunner().invoke(hcp_flash, ["deploy", "--port", board.url, "--tree", str(firmware_tree)])
     assert result.exit_code == 0, result.output
     assert "rebooted" in result.output
-    wait_until(lambda: gateway.reader.execute("SELECT state FROM devices WHERE dev = 'W07'").fetchone() == ("online",),
+    wait_until(lambda: gateway.registry.online("W07"),
                timeout=30, what="the freshly deployed board online at the gateway")
 
 

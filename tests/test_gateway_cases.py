@@ -11,9 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from gateway import cases
+from gateway.cases import mask_name
 from gateway.clock import ManualClock
 from gateway.workdays import CHINA, CalendarMissing, WorkCalendar
 from simulator.province import Province
+from tests.conftest import APPLICANT_CERT, APPLICANT_NAME
 from tests.helpers import APP_KEY, APP_SECRET, DEPT, register_device, wait_until
 
 
@@ -65,11 +67,11 @@ def test_unrated_case_gets_its_default_rating_on_the_right_working_day(gateway_f
 
     clock.set(china(2026, 10, 9, 23, 59, 59))  # last moment of the 5th working day
     gateway.housekeeping.run_once()
-    assert gateway.housekeeping.defaults_issued == 0
+    assert gateway.counter("default_ratings") == 0
     clock.set(china(2026, 10, 10, 0, 0, 1))
     gateway.housekeeping.run_once()
     gateway.housekeeping.run_once()  # running twice issues nothing more
-    assert gateway.housekeeping.defaults_issued == 1
+    assert gateway.counter("default_ratings") == 1
 
     wait_until(lambda: province.count() == 2, what="the press and the default rating at the province")
     by_project = {r["projectNo"]: r for r in province.records()}
@@ -121,8 +123,12 @@ def test_bad_rating_opens_a_followup_and_notifies_the_duty_manager(gateway_facto
     gateway = gateway_factory(clock=clock, **{"cases.webhook_url": hook.url})
     register_device(gateway.writer, "W01", window_no="A07")
     device = wire_device("W01")
+    # The 差评 is of a case the window system reported with the applicant's name and certificate number.
+    body = {**case("C9", clock.now()), "window_no": "A07", "applicant_name": APPLICANT_NAME,
+            "applicant_cert_no": APPLICANT_CERT}
+    reported = gateway.cases.report(body, frozenset({"window"}))
     device.press("satisfied")
-    device.press("very_dissatisfied", reasons=["502"])
+    device.press("very_dissatisfied", case=reported["case_ref"], reasons=["502"])
     wait_until(device.all_acked, what="acks")
     with sqlite3.connect(gateway.config["store.path"]) as conn:
         wait_until(lambda: conn.execute("SELECT notify_attempts FROM followups").fetchall() == [(1,)],
@@ -132,5 +138,43 @@ def test_bad_rating_opens_a_followup_and_notifies_the_duty_manager(gateway_facto
     assert deadline == [(china(2026, 10, 15) + 86400,)]  # 10 working days: 9-28,29,30, 10-8,9,10,12,13,14,15
     notice = hook.received.get(timeout=10)
     assert (notice["window"], notice["level_label"], notice["reasons"]) == ("A07", "非常不满意", ["502"])
-    assert "name" not in json.dumps(notice)
+    assert notice["case_ref"] == "361102C9"
+    assert set(notice) == {"event", "rating_id", "window", "device", "channel", "case_ref", "level", "level_label",
+                           "reasons", "assessed_at", "followup_deadline"}
+    text = json.dumps(notice, ensure_ascii=False)
+    assert APPLICANT_NAME not in text and APPLICANT_CERT not in text and mask_name(APPLICANT_NAME) not in text
     hook.close()
+
+
+def test_ratings_are_kept_for_years_and_only_operational_rows_go_after_days(tmp_path):
+    """The monthly 通报 and the yearly 考核 count ratings long after they were forwarded (store.retention_years);
+    forward attempts, refused messages and spent rating links go after store.retention_days."""
+    from gateway import db, ratings
+
+    database = db.connect(tmp_path / "gateway.db")
+    db.migrate(database)
+    conn, calendar, t0 = database.conn, WorkCalendar(), china(2026, 9, 24, 10)
+    cases.record_case(conn, case("C1", t0), calendar, 5)
+    cases.record_case(conn, case("C2", t0), calendar, 5)  # stays open: its link stays
+    cases.finish_case(conn, case("C1", t0), calendar, 5, t0)
+    cases.finish_case(conn, case("C2", t0), calendar, 5, t0)
+    choice = {"level": "satisfied", "public": True, "reasons": [], "comment": ""}
+    bad = {"level": "very_dissatisfied", "public": True, "reasons": ["501"], "comment": ""}
+    ratings.store(conn, ratings.from_page("gw", "C1", choice, t0), calendar, 10)
+    ratings.store(conn, ratings.from_page("gw", None, bad, t0), calendar, 10)  # a 差评 whose follow-up stays open
+    conn.execute("UPDATE outbox SET state = 'forwarded', done_at = ?", (t0,))
+    conn.execute("INSERT INTO forward_attempts (at, records, outcome) VALUES (?, 2, 'ok')", (t0,))
+    ratings.store_reject(conn, t0, "hcp/v1/h/W01/up/rating", "W01", None, "bad_json", None, "", b"{")
+    counts = lambda: {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: E731
+                      for t in ("ratings", "cases", "followups", "outbox", "tokens", "forward_attempts", "rejects")}
+
+    assert cases.prune(conn, t0 + 100 * 86400, 90, 3) == {"tokens": 1, "forward_attempts": 1, "rejects": 1}
+    assert counts() == {"ratings": 2, "cases": 2, "followups": 1, "outbox": 2, "tokens": 1, "forward_attempts": 0,
+                        "rejects": 0}
+    assert cases.prune(conn, t0 + 2 * 366 * 86400, 90, 3) == {}  # two years on: every rating still there
+    four_years = t0 + 4 * 366 * 86400
+    assert cases.prune(conn, four_years, 90, 3) == {"ratings": 1, "cases": 1}  # the open follow-up's rating stays
+    conn.execute("UPDATE followups SET state = 'closed'")
+    assert cases.prune(conn, four_years, 90, 3) == {"followups": 1, "ratings": 1}
+    assert counts()["ratings"] == 0 and counts()["cases"] == 1  # C2: still open
+    database.conn.close()

@@ -139,5 +139,5 @@ def test_metrics_endpoint_speaks_prometheus(gateway_factory, wire_device):
     wait_until(device.all_acked, what="ack")
     with urllib.request.urlopen(f"http://127.0.0.1:{gateway.monitor.port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    assert "# TYPE hcp_ratings_stored_total counter\nhcp_ratings_stored_total 1" in text
-    assert "hcp_outbox_pending 1" in text
+    assert "# TYPE hcp_ingest_stored_total counter\nhcp_ingest_stored_total 1.0" in text
+    assert "hcp_outbox_pending 1.0" in text

@@ -30,7 +30,7 @@ def test_errors_timeouts_and_busy_answers_deliver_every_rating_once(province, ga
     wait_until(lambda: outbox_states(gateway) == {"forwarded": 300}, timeout=60, what="all forwarded")
     assert province.count() == 300
     assert {r["evalId"] for r in province.records()} == eval_ids(device)
-    assert gateway.forwarder.counts["failed_attempts"] > 0  # the faults really happened
+    assert gateway.counter("forward_failures") > 0  # the faults really happened
 
 
 def test_outage_buffers_then_drains_oldest_first(province, gateway_factory, wire_device):
@@ -40,7 +40,7 @@ def test_outage_buffers_then_drains_oldest_first(province, gateway_factory, wire
     device = wire_device("W01")
     ids = [device.press() for _ in range(200)]
     wait_until(device.all_acked, what="acks while the province is down")
-    wait_until(lambda: gateway.forwarder.counts["failed_attempts"] >= 3, what="failed attempts during the outage")
+    wait_until(lambda: gateway.counter("forward_failures") >= 3, what="failed attempts during the outage")
     assert outbox_states(gateway) == {"pending": 200}
     province.up()
     later = [device.press() for _ in range(20)]  # new ratings keep flowing while the backlog drains
@@ -81,7 +81,7 @@ def test_bad_credentials_keep_ratings_queued(province, gateway_factory, wire_dev
     register_device(gateway.writer, "W01")
     device = wire_device("W01")
     device.press()
-    wait_until(lambda: gateway.forwarder.counts["failed_attempts"] >= 2, what="refused attempts")
+    wait_until(lambda: gateway.counter("forward_failures") >= 2, what="refused attempts")
     assert "HTTP 401" in gateway.forwarder.last_error
     assert outbox_states(gateway) == {"pending": 1}
     assert province.count() == 0

@@ -33,7 +33,7 @@ def test_a_resent_rating_is_acked_again_and_not_stored_twice(gateway_factory, wi
     device.resend()
     wait_until(lambda: rating_id in device.acked, what="second ack")
     assert rows(gateway, "SELECT count(*) FROM ratings") == [(1,)]
-    assert gateway.ingest.counts["duplicate"] == 1
+    assert gateway.counter("ingest_duplicate") == 1
 
 
 def test_malformed_messages_are_rejected_with_reasons_and_ingest_goes_on(gateway_factory, wire_device):

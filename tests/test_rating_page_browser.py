@@ -37,7 +37,7 @@ def test_rating_by_phone_from_the_evaluators_qr(gateway_factory, sim_device, pro
                                                "api.public_url": f"http://127.0.0.1:{port}"})
     register_device(gateway.writer, "W01", window_no="A01")
     device = sim_device("W01")
-    wait_until(lambda: gateway.api.device_online("W01"), what="the evaluator online")
+    wait_until(lambda: gateway.registry.online("W01"), what="the evaluator online")
     before = device.last_frame
     body = {"project_no": "3611022026112900099", "task_code": "361100-000-XK-001", "task_name": "不动产登记",
             "dept_code": DEPT, "staff_no": "N0321", "window_no": "A01"}

@@ -103,14 +103,14 @@ def test_each_device_reaches_only_its_own_topics(secured):
     wait_until(lambda: stored(gateway, "W01") == 1, 10, "A's own rating stored")
     topic, payload = device_a.received.get(timeout=10)
     assert topic == codec.topic(HALL, "W01", "time") or topic == codec.topic(HALL, "W01", "ack")
-    gateway.ingest.send(codec.topic(HALL, "W02", "cancel"), codec.encode({"v": 1, "k": "cancel", "case": "C1"}))
+    gateway.downlink.send("W02", "cancel", codec.encode({"v": 1, "k": "cancel", "case": "C1"}))
     wait_until(lambda: any(t.endswith("/W02/down/cancel") for t, _ in list(device_b.received.queue)), 10,
                "B's own command delivered to B")
     assert stored(gateway, "W02") == 0
     assert all("/W01/" in t for t, _ in list(device_a.received.queue)), "A read another device's topics"
     # The registry is the gateway's own check too: the device id in a message must be the topic's.
     device_a.publish("W01", "rating", {**rating("W01", 2), "dev": "W02"})
-    wait_until(lambda: gateway.ingest.counts["rejected"] >= 1, 10, "the mismatch rejected")
+    wait_until(lambda: gateway.counter("ingest_rejected") >= 1, 10, "the mismatch rejected")
     code = gateway.reader.execute("SELECT code FROM rejects").fetchone()[0]
     assert code == codec.TOPIC_MISMATCH and stored(gateway, "W02") == 0
 
@@ -153,11 +153,11 @@ def test_the_gateway_refuses_devices_the_registry_does_not_know_and_they_keep_th
     gateway = gateway_factory(**{"mqtt.registered_only": True})
     stranger = wire_device("W09")
     stranger.press("satisfied")
-    wait_until(lambda: gateway.reader.execute("SELECT code FROM rejects").fetchall() == [("unknown_device",)], 10,
-               "the stranger's rating refused and recorded")
+    codes = lambda: [r["code"] for r in gateway.reader.execute("SELECT code FROM rejects")]  # noqa: E731
+    wait_until(lambda: codes() == ["unknown_device"], 10, "the stranger's rating refused and recorded")
     assert stored(gateway, "W09") == 0 and not stranger.all_acked() and stranger.rejects.empty()
     register_device(gateway.writer, "W09")  # the technician registers it; its next resend is taken
-    gateway.ingest.gate.refresh()
+    gateway.gate.refresh()
     stranger.resend()
     wait_until(stranger.all_acked, 10, "the rating stored once the device is registered")
     assert stored(gateway, "W09") == 1
@@ -171,9 +171,9 @@ def test_the_firmware_obeys_only_what_the_gateway_signed(gateway_factory, sim_de
     gateway = gateway_factory(province.url, **{"api.keys": [key_entry(TECH, ["technician", "window"], "t")]})
     register_device(gateway.writer, "W01", window_no="A01")
     issued = gateway.writer.call(lambda conn: brokerauth.issue(conn, "W01"))
-    gateway.ingest.gate.refresh()
+    gateway.gate.refresh()
     device = sim_device("W01", site_extra={"command_key": issued["command_key"]})
-    wait_until(lambda: gateway.ingest.counts["status"] >= 1, 20, "the device online")
+    wait_until(lambda: gateway.counter("ingest_status") >= 1, 20, "the device online")
     errors = device.flash / "errors.log"
 
     before = device.last_frame
@@ -196,7 +196,7 @@ def test_the_firmware_obeys_only_what_the_gateway_signed(gateway_factory, sim_de
     assert status == 200, answer
     device.wait_frame("prompt", after=before, timeout=10)
     device.press(0)
-    wait_until(lambda: gateway.reader.execute("SELECT case_ref FROM ratings").fetchall() == [("REAL1",)], 10,
+    wait_until(lambda: [r["case_ref"] for r in gateway.reader.execute("SELECT case_ref FROM ratings")] == ["REAL1"], 10,
                "the press on the real prompt stored")
     status, _ = call(gateway, "PUT", "/api/v1/devices/W01/config", {"bright": 35}, key=TECH)
     assert status == 200
@@ -224,7 +224,8 @@ def test_revoke_and_ca_init_from_the_command_line(secured, tmp_path):
     wait_until(lambda: ("gone" in [e[0] for e in list(device.connected.queue) if isinstance(e, tuple)]), 10,
                "the broker to drop the revoked device")
     assert not account(a["mqtt_user"], a["mqtt_password"]).ok
-    actors = gateway.reader.execute("SELECT actor, action FROM audit WHERE action = 'revoke_device'").fetchall()
+    actors = [tuple(r) for r in gateway.reader.execute("SELECT actor, action FROM audit WHERE action = ?",
+                                                        ("revoke_device",))]
     assert actors == [(f"cli:{getpass.getuser()}", "revoke_device")]
     assert run_cli("revoke", "W99", "--config", str(config)).exit_code == 1
 

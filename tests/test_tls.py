@@ -42,8 +42,7 @@ def test_firmware_and_gateway_speak_tls_to_the_broker_and_plaintext_is_refused(t
                            site_extra={"ca": "ca.der"})
         shutil.copy(files["ca_der"], secure.flash / "ca.der")  # as provisioning writes it
         devices.append(secure.start())
-        wait_until(lambda: gateway.reader.execute("SELECT state FROM devices WHERE dev = 'W01'").fetchall()
-                   == [("online",)], 20, "the firmware online over TLS")
+        wait_until(lambda: gateway.registry.online("W01"), 20, "the firmware online over TLS")
         assert gateway.reader.execute("SELECT count(*) FROM devices WHERE dev = 'W02'").fetchone()[0] == 0
         # A plain MQTT client is refused too: the broker hangs up before any CONNACK.
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plain")
@@ -111,8 +110,7 @@ def test_provisioning_with_the_hall_ca_brings_a_board_online_over_tls(tmp_path, 
         site = json.loads((tmp_path / "board" / "site.json").read_text())
         assert site["ca"] == "ca.der" and (tmp_path / "board" / "ca.der").read_bytes() == files["ca_der"].read_bytes()
         assert site["command_key"] and site["user"] == "W05"
-        online = gateway.reader.execute("SELECT state FROM devices WHERE dev = 'W05'").fetchall()
-        assert online == [("online",)]
+        assert gateway.registry.online("W05")
     finally:
         board.stop()
         gateway.stop()

@@ -1,0 +1,118 @@
+"""The gateway's HTTP front: one route table behind dispatch, roles and the OpenAPI document; revocations that
+reach a running gateway whoever makes them; and connections that cannot be held open forever."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from gateway import api, settings
+from gateway.access import ROLES, key_entry
+from tests.helpers import register_device, wait_until
+from tests.test_cases_api import call, case_body
+from tests.test_gateway_cli import run_cli
+
+EVERYONE = "every-role-key-0123456789"
+KEYS = [key_entry(EVERYONE, ROLES, "all")]
+
+
+def test_every_route_is_documented_and_every_documented_route_answers(gateway_factory):
+    gateway = gateway_factory(**{"api.keys": KEYS})
+    register_device(gateway.writer, "W01", window_no="A01")
+    status, answer = call(gateway, "GET", "/api/v1/openapi.json", key=EVERYONE)
+    assert status == 200
+    documented = {(method.upper(), path): operation for path, operations in json.loads(answer)["paths"].items()
+                  for method, operation in operations.items()}
+    table = {(r.method, r.path): r for r in api.ROUTES if r.roles is not None}
+    assert set(documented) == set(table)
+    assert {"GET /api/v1/ratings", "GET /api/v1/audit", "GET /api/v1/devices/{dev}"} <= {" ".join(k) for k in table}
+    for key, operation in documented.items():
+        assert operation["x-roles"] == sorted(table[key].roles), key
+
+    bodies = {"/api/v1/cases": case_body(project_no="C1"), "/api/v1/devices/{dev}": {"window_no": "A01"},
+              "/api/v1/devices/{dev}/config": {"bright": 50}}
+    queries = {"/api/v1/ratings": "?from=2026-11-01&to=2026-11-30", "/api/v1/audit": "?since=0"}
+    last = ("POST", "/api/v1/devices/{dev}/revoke")  # after it the device takes no more changes
+    for method, path in sorted(documented, key=lambda k: (k == last, k[0] == "POST" and "cancel" in k[1])):
+        concrete = path.replace("{case_ref}", "C1").replace("{dev}", "W01") + queries.get(path, "")
+        status, answer = call(gateway, method, concrete, bodies.get(path), key=EVERYONE)
+        assert status == 200, (method, path, answer)
+    # A path the table does not have, and a method it does not take there
+    assert call(gateway, "GET", "/api/v1/nothing", key=EVERYONE)[0] == 404
+    assert call(gateway, "DELETE", "/api/v1/cases/C1", key=EVERYONE)[0] == 405
+
+
+def test_the_citizens_pages_escape_what_they_show(gateway_factory):
+    gateway = gateway_factory(**{"api.keys": KEYS})
+    case = json.loads(call(gateway, "POST", "/api/v1/cases", case_body(task_name="<script>alert(1)</script>"),
+                           key=EVERYONE)[1])
+    status, page = call(gateway, "GET", "/r/" + case["url"].rsplit("/", 1)[1], key=None)
+    assert status == 200 and "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+@pytest.mark.parametrize("by", ["cli", "api"])
+def test_a_revocation_reaches_the_running_gateway_within_a_second(by, gateway_factory, wire_device, tmp_path):
+    """The gateway does not manage broker accounts here, so only its own gate can stop the device."""
+    gateway = gateway_factory(**{"mqtt.registered_only": True, "api.keys": KEYS})
+    register_device(gateway.writer, "W01")  # as another process would: the gate learns it from the registry
+    wait_until(lambda: gateway.gate.refusal("W01") is None, 5, "the gate to admit the registered device")
+    device = wire_device("W01")
+    device.press("satisfied")
+    wait_until(device.all_acked, 10, "the registered device's rating acked")
+    if by == "cli":
+        config = tmp_path / "gateway.toml"
+        config.write_text(settings.dump(gateway.config))
+        result = run_cli("revoke", "W01", "--config", str(config))
+        assert result.exit_code == 0, result.output
+    else:
+        assert call(gateway, "POST", "/api/v1/devices/W01/revoke", key=EVERYONE)[0] == 200
+    revoked = time.monotonic()
+    wait_until(lambda: gateway.gate.refusal("W01") == "revoked", 5, "the gate to refuse the revoked device")
+    assert time.monotonic() - revoked < 1.0
+    device.press("very_satisfied")
+    wait_until(lambda: [r["code"] for r in gateway.reader.execute("SELECT code FROM rejects")] == ["revoked"], 10,
+               "the revoked device's rating refused and recorded")
+    assert gateway.reader.execute("SELECT count(*) FROM ratings").fetchone()[0] == 1
+
+
+def closed_by_peer(conn: socket.socket) -> bool:
+    """Read until the other end closes (True) or our own timeout runs out (False)."""
+    try:
+        while conn.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_connections_cannot_starve_the_citizens_pages(gateway_factory):
+    """2,000 connections that send half a request line and stop: a citizen's page still answers at once, and
+    every idle connection is closed once it has been silent for the timeout."""
+    timeout_s = 3
+    gateway = gateway_factory(**{"api.keys": KEYS, "http.request_timeout_s": timeout_s})
+    case = json.loads(call(gateway, "POST", "/api/v1/cases", case_body(), key=EVERYONE)[1])
+    page = f"http://127.0.0.1:{gateway.api.port}/r/" + case["url"].rsplit("/", 1)[1]
+    idle = []
+    try:
+        for _ in range(2000):
+            conn = socket.create_connection(("127.0.0.1", gateway.api.port), timeout=10)
+            conn.sendall(b"GET /r/x HT")
+            idle.append(conn)
+        wait_until(lambda: gateway.api.connections() >= 2000, 30, "the gateway to accept every connection")
+        opened = started = time.monotonic()
+        with urllib.request.urlopen(page, timeout=10) as response:
+            assert response.status == 200 and "请对本次服务进行评价" in response.read().decode()
+        assert time.monotonic() - started < 1.0
+        deadline = opened + timeout_s + 5
+        for conn in idle:
+            conn.settimeout(max(0.1, deadline - time.monotonic()))
+            assert closed_by_peer(conn), "an idle connection was still open after the timeout"
+        assert time.monotonic() < deadline
+    finally:
+        for conn in idle:
+            conn.close()
