@@ -216,6 +216,8 @@ def _statements(script: str) -> list[str]:
         if sqlite3.complete_statement(pending):
             statements.append(pending.strip())
             pending = ""
+    if pending.strip() and not all(line.strip().startswith("--") or not line.strip() for line in pending.splitlines()):
+        raise StorageError(f"a migration ends in an unfinished statement (missing ';'?): {pending.strip()[:80]}")
     return statements
 
 

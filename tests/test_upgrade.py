@@ -293,3 +293,10 @@ def test_a_destructive_migration_is_reported(tmp_path, monkeypatch, what):
         database.conn.close()
     problems = differences(before, snapshot(path))
     assert problems and any(expected in problem for problem in problems), problems
+
+
+def test_a_migration_left_unfinished_is_refused_not_recorded_as_applied():
+    """A statement without its ';' at the end of a migration would be dropped while the step is recorded."""
+    with pytest.raises(db.StorageError, match="unfinished statement"):
+        db._statements("CREATE TABLE a (x);\nCREATE TABLE b (y)")
+    assert db._statements("CREATE TABLE a (x);\n-- a closing comment\n") == ["CREATE TABLE a (x);"]
