@@ -67,3 +67,46 @@ def test_rating_by_phone_from_the_evaluators_qr(gateway_factory, sim_device, pro
     wait_until(lambda: province.count() == 1, what="the rating at the province")
     record = province.records()[0]
     assert (record["pf"], record["satisfaction"], record["evalDetail"]) == ("3", 2, "502")
+
+
+def test_the_windows_standing_qr_in_a_phones_browser(gateway_factory, province, browser, tmp_path):
+    """A phone that scans a window's standing QR rates the window once a day: the page's cookie does it, in a real
+    browser. The form fits a phone's screen, styled (checked on the picture, not only the markup)."""
+    from PIL import Image
+
+    port = free_port()
+    gateway = gateway_factory(province.url, **{"api.keys": KEYS, "api.port": port,
+                                               "api.public_url": f"http://127.0.0.1:{port}"})
+    register_device(gateway.writer, "W01", window_no="A01")
+    url = f"http://127.0.0.1:{port}/w/A01"
+    first = browser.new_context(viewport={"width": 360, "height": 740}, device_scale_factor=2, is_mobile=True)
+    phone = first.new_page()
+    phone.goto(url)
+    assert "窗口 A01" in phone.content()
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 360  # no sideways scrolling
+    phone.screenshot(path=tmp_path / "window-form.png", full_page=True)
+    picture = Image.open(tmp_path / "window-form.png").convert("RGB")
+    button_blue = sum(1 for pixel in picture.getdata() if pixel == (0x1f, 0x5f, 0xbf))
+    assert button_blue > 20000, "the submit button is not drawn in the page's blue"
+    for label in ("非常满意", "满意", "基本满意", "不满意", "非常不满意"):
+        box = phone.get_by_label(label, exact=True).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 360, label
+    phone.get_by_label("满意", exact=True).check()
+    phone.get_by_role("button", name="提交评价").click()
+    phone.wait_for_load_state()
+    assert "感谢您的评价" in phone.content()
+    phone.goto(url)  # the same phone, the same day
+    phone.get_by_label("非常满意", exact=True).check()
+    phone.get_by_role("button", name="提交评价").click()
+    phone.wait_for_load_state()
+    assert "今天已评价过该窗口" in phone.content()
+
+    other = browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True).new_page()
+    other.goto(url)
+    other.get_by_label("基本满意", exact=True).check()
+    other.get_by_role("button", name="提交评价").click()
+    other.wait_for_load_state()
+    assert "感谢您的评价" in other.content()
+    wait_until(lambda: province.count() == 2, what="the two window ratings at the province")
+    assert sorted(r["satisfaction"] for r in province.records()) == [3, 4]
+    first.close()
