@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gateway import access, audit, openapi, pages, report
+from gateway.db import StorageError
 from gateway.errors import GatewayError, InvalidInput, NotFound
 from gateway.httpservice import HttpService, Request, Response, wsgi
+from gateway.store import StorageFull
 
 ALL_ROLES = frozenset(access.ROLES)
+RATINGS_RANGE_DAYS = 366  # one read of rating data: at most a year, so one call cannot hold the reader for long
 READERS = frozenset({"manager", "auditor"})
 
 
@@ -49,7 +52,7 @@ class Route:
 
     def __post_init__(self):
         regex = re.sub(r"{(\w+)}", r"(?P<\1>[^/]+)", self.path)
-        object.__setattr__(self, "pattern", re.compile(f"^{regex}$"))
+        object.__setattr__(self, "pattern", re.compile(regex))
 
 
 ROUTES: list[Route] = []
@@ -102,7 +105,7 @@ def _read_case(api, request):
 
 
 @route("POST", "/api/v1/cases/{case_ref}/cancel", {"window"}, "Cancel an open case and withdraw its prompt",
-       errors={"404": "no such case", "409": "not open"})
+       audit="cancel_case", errors={"404": "no such case", "409": "not open"})
 def _cancel_case(api, request):
     return api.cases.cancel(request.args["case_ref"], request.caller.roles)
 
@@ -154,6 +157,8 @@ def _revoke(api, request):
        errors={"400": "bad dates"})
 def _ratings(api, request):
     start, end = _date(request, "from"), _date(request, "to")
+    if not 0 <= (end - start).days < RATINGS_RANGE_DAYS:
+        raise InvalidInput(f"from..to: at most {RATINGS_RANGE_DAYS} days, from not after to", "to")
     public_only = request.param("public_only", "0") in ("1", "true")
     return {"ratings": report.export_rows(api.reader, start, end, public_only)}
 
@@ -179,6 +184,15 @@ for _method, _path, _action in (("GET", "/r/{token}", "case_page"), ("POST", "/r
     route(_method, _path)(_page(_action))
 
 
+def _refusal(e: GatewayError, citizen: bool) -> Response:
+    """A domain error as the caller reads it: a page for a citizen, JSON for a system."""
+    wait = getattr(e, "retry_after", 0)
+    headers = [("Retry-After", str(max(1, round(wait))))] if wait else []
+    if citizen:
+        return pages.message(e.status, "提交未成功", e.message, headers)
+    return Response.json(e.status, {"error": e.message, "field": e.field}, headers)
+
+
 class Api(HttpService):
     def __init__(self, gateway):
         config = gateway.config
@@ -201,18 +215,18 @@ class Api(HttpService):
             if found.audit:
                 self._audit(request, found.audit)
             return answer if isinstance(answer, Response) else Response.json(200, answer)
+        except StorageError as e:  # full, or the disk failed: nothing was stored; come back later
+            wait = 60 if isinstance(e, StorageFull) else 5
+            return _refusal(Refused(503, "暂时无法保存,请稍后再试" if citizen else f"storage unavailable: {e}", wait),
+                            citizen)
         except GatewayError as e:
-            wait = getattr(e, "retry_after", 0)
-            headers = [("Retry-After", str(max(1, round(wait))))] if wait else []
-            if citizen:
-                return pages.message(e.status, "提交未成功", e.message, headers)
-            return Response.json(e.status, {"error": e.message, "field": e.field}, headers)
+            return _refusal(e, citizen)
 
     def _match(self, request: Request) -> Route:
         """The route for the request, its path parameters in request.args; NotFound, or 405 for a wrong method."""
         allowed = []
         for candidate in ROUTES:
-            matched = candidate.pattern.match(request.path)
+            matched = candidate.pattern.fullmatch(request.path)
             if matched:
                 if candidate.method == request.method:
                     request.args = matched.groupdict()
@@ -244,5 +258,7 @@ class Api(HttpService):
     def _audit(self, request: Request, action: str) -> None:
         query = "&".join(f"{k}={v}" for k, values in request.query.items() for v in values)
         detail = f"{request.method} {request.path}" + (f"?{query}" if query else "")
+        if request.method == "PUT":  # what was changed: registry fields or a configuration, never personal data
+            detail += " " + request.body.decode(errors="replace")
         now, actor = self.clock.now(), request.caller.name
         self.writer.call(lambda conn: audit.append(conn, now, actor, action, detail))

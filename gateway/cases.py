@@ -10,6 +10,7 @@ import logging
 import re
 import secrets
 import sqlite3
+import time
 
 from prometheus_client import Counter
 
@@ -18,6 +19,7 @@ from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.periodic import Periodic
 from gateway.store import Writer
 from gateway.workdays import CalendarMissing, WorkCalendar
+from protocol import codec
 
 log = logging.getLogger("gateway.cases")
 DAY_S = 86400.0
@@ -104,6 +106,7 @@ class Housekeeping(Periodic):
     """Issues default ratings, fills deadlines and prunes, every `interval` seconds."""
 
     interval = 30.0
+    prune_every_s = 3600.0  # pruning reads years of rows: once an hour is plenty
     name = "housekeeping"
 
     def __init__(self, config: dict, writer: Writer, clock, calendar: WorkCalendar, metrics):
@@ -113,6 +116,7 @@ class Housekeeping(Periodic):
         self.clock = clock
         self.calendar = calendar
         self.defaults_issued = Counter("hcp_default_ratings", "default ratings issued", registry=metrics)
+        self._pruned_at = float("-inf")
 
     def run_once(self) -> None:
         c = self.config
@@ -125,6 +129,9 @@ class Housekeeping(Periodic):
         if issued:
             log.info("issued %d default ratings", issued)
             self.defaults_issued.inc(issued)
+        if time.monotonic() - self._pruned_at < self.prune_every_s:
+            return
+        self._pruned_at = time.monotonic()
         pruned = self.writer.call(lambda conn: prune(conn, now, c["store.retention_days"], c["store.retention_years"]))
         if pruned:
             log.info("pruned %s", ", ".join(f"{count} {kind}" for kind, count in pruned.items()))
@@ -184,7 +191,7 @@ class Cases:
         the masked applicant's name. The applicant's name and certificate number are never stored."""
         now = self.clock.now()
         case = case_from(body, now)
-        device = body.get("device") or self.registry.device_of_window(case["window_no"])
+        device = self._device_for(body.get("device"), case["window_no"])
         case["dev"] = device
         token = self.writer.call(lambda conn: finish_case(conn, case, self.calendar,
                                                           self.config["cases.rating_window_days"], now),
@@ -200,6 +207,17 @@ class Cases:
             self.downlink.prompt(device, case["case_ref"], text[:64], url, self.config["cases.prompt_s"])
             prompted = online
         return {**view, "url": url, "device": device, "device_online": online, "prompted": prompted}
+
+    def _device_for(self, named, window_no: str) -> str | None:
+        """The evaluator to prompt: the one the window system names, which must be a registered device not
+        revoked, else the window's own."""
+        if named is None:
+            return self.registry.device_of_window(window_no)
+        if not isinstance(named, str) or codec.DEVICE(named):
+            raise InvalidInput("device: a device id, 1-32 of A-Z a-z 0-9 _ -", "device")
+        if self.registry.device(named)["revoked_at"] is not None:  # NotFound if not registered
+            raise Conflict(f"device {named} is revoked")
+        return named
 
     def view(self, case_ref: str, roles) -> dict:
         """A case as the caller may see it. The window's staff see its state only, never how the citizen rated
@@ -241,7 +259,7 @@ def case_from(body: dict, now: float) -> dict:
     if body.get("user_prop") not in (None, 1, 2):
         raise InvalidInput("user_prop: 1 natural person, 2 legal person", "user_prop")
     finished_at = body.get("finished_at", now)
-    if not isinstance(finished_at, (int, float)) or finished_at > now + 300:
+    if isinstance(finished_at, bool) or not isinstance(finished_at, (int, float)) or finished_at > now + 300:
         raise InvalidInput("finished_at: Unix seconds, not in the future", "finished_at")
     return {"case_ref": body["project_no"], "project_no": body["project_no"], "task_code": body["task_code"][:64],
             "task_name": body["task_name"][:200], "dept_code": body["dept_code"],

@@ -113,6 +113,7 @@ def dead_letters(config_path: Path | None, retry: bool, rating_ids: tuple[int, .
         count = report.retry_dead_letters(Path(config["store.path"]), list(rating_ids), _actor(), time.time())
         click.echo(f"{count} dead letters queued again")
         return
+    _audit(config, "read_dead_letters", ", ".join(map(str, rating_ids)) or "all")
     for row in report.dead_letters(open_readonly(config)):
         if not rating_ids or row["rating_id"] in rating_ids:
             click.echo(json.dumps(row, ensure_ascii=False))
@@ -130,8 +131,8 @@ def export(config_path: Path | None, start: dt.datetime, end: dt.datetime, publi
     """
     config = load_config(config_path)
     database = open_readonly(config)
-    click.echo(report.export_csv(database, start.date(), end.date(), public_only), nl=False)
     _audit(config, "export_ratings", f"{start.date()}..{end.date()}" + (" public only" if public_only else ""))
+    click.echo(report.export_csv(database, start.date(), end.date(), public_only), nl=False)
 
 
 @main.command()

@@ -130,6 +130,10 @@ CREATE TABLE window_ratings (
 );
 CREATE INDEX window_ratings_recent ON window_ratings(window_no, at);
 """),
+    ("forwarded outbox by age", """
+-- Pruning looks for ratings forwarded years ago; without this it scans the whole outbox.
+CREATE INDEX outbox_forwarded ON outbox(done_at) WHERE state = 'forwarded';
+"""),
 ]
 
 
@@ -195,8 +199,9 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
         for version, (name, sql) in enumerate(MIGRATIONS, start=1):
             if version in done:
                 continue
+            statements = _statements(sql)  # before the transaction: a bad script leaves nothing open
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _statements(sql):
+            for statement in statements:
                 conn.execute(statement)
             conn.execute("INSERT INTO migrations VALUES (?, ?, ?)", (version, name, time.time()))
             conn.execute("COMMIT")

@@ -6,6 +6,7 @@ ingest after a commit. Signing happens here, on the caller's thread, not on the 
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from typing import Callable
@@ -13,6 +14,7 @@ from typing import Callable
 from gateway import prompts
 from protocol import codec
 
+log = logging.getLogger("gateway.downlink")
 ACK_IDS_MAX = 32  # ids one ack may carry (protocol/PROTOCOL.md)
 CHINA_TZ_MINUTES = 480
 
@@ -69,6 +71,10 @@ class Downlink:
         """On the MQTT thread: publish everything queued; `on_ack(seconds since commit)` for each ack."""
         while self.queue:
             topic, payload, retain, committed_at = self.queue.popleft()
-            publish(topic, payload, retain)
+            try:
+                publish(topic, payload, retain)
+            except ValueError as e:  # paho refuses it (a topic no device can have): drop it, keep the rest going
+                log.error("dropped a message the MQTT client refused on %s: %s", topic[:80], e)
+                continue
             if committed_at is not None:
                 on_ack(time.monotonic() - committed_at)

@@ -29,7 +29,7 @@ RESULTS = {  # what became of the records sent, and of the submissions
     "forwarded": "ratings the province accepted",
     "duplicate": "ratings the province had already (a retry)",
     "dead": "ratings the province rejected or that cannot be mapped (dead letters)",
-    "attempts": "submissions the province answered",
+    "attempts": "batches settled: answered by the province, or set aside as unmappable without sending",
     "failures": "submissions that failed and will be retried",
 }
 

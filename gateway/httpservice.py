@@ -87,7 +87,7 @@ class Response:
         return [self.body]
 
 
-_REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
             429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 

@@ -107,25 +107,37 @@ class Ingest:
     def _run(self) -> None:
         delay = 0.0
         while not self._stop.is_set():
-            self.gate.poll()
-            if self.paused:
-                if self.client.socket() is not None:
-                    self._send_committed()
-                    self.client.disconnect()
-                    self.client.loop_write()  # flush what is queued, DISCONNECT last
-                self._wait_for_room()
-                continue
-            sock = self.client.socket()
-            if sock is None:  # never connected, or paho closed a lost connection
-                if self._stop.wait(delay):
-                    break
-                delay = self._connect(delay)
-                continue
-            self._service(sock)
+            try:
+                delay = self._turn(delay)
+            except Exception:  # noqa: BLE001 - one bad turn must not end ingest: log it, go on
+                log.exception("the MQTT thread's turn failed; going on")
+                self._stop.wait(0.1)
         self._send_committed()
         if self.client.socket() is not None:
             self.client.disconnect()
             self.client.loop_write()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _turn(self, delay: float) -> float:
+        """One turn of the network thread; returns the wait before the next connection attempt."""
+        self.gate.poll()
+        if self.paused:
+            if self.client.socket() is not None:
+                self._send_committed()
+                self.client.disconnect()
+                self.client.loop_write()  # flush what is queued, DISCONNECT last
+            self._wait_for_room()
+            return delay
+        sock = self.client.socket()
+        if sock is None:  # never connected, or paho closed a lost connection
+            if self._stop.wait(delay):
+                return delay
+            return self._connect(delay)
+        self._service(sock)
+        return delay
 
     def _service(self, sock) -> None:
         """One turn of paho's external loop: wait for the socket or a commit, read, send, keep alive."""
@@ -250,6 +262,7 @@ class Ingest:
             return
         committed, self._committed = self._committed, []
         acks: dict[str, list] = defaultdict(list)
+        mids = []
         for outcome, dev, detail, mid, ref, error in committed:
             if outcome == "status":
                 if detail:  # came online: its clock starts from zero
@@ -261,8 +274,9 @@ class Ingest:
                     self.downlink.reject(dev, ref, error.code, str(error))
             else:
                 acks[dev].append(detail)
-            self._pubacks.append(mid)
+            mids.append(mid)
         self.downlink.acks(acks, time.monotonic())
+        self._pubacks.extend(mids)  # after the device acks: the network thread sends those first
         self._wake()
 
     def _wake(self) -> None:

@@ -28,10 +28,9 @@ TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).par
 RESULTS = {  # outcome -> (status, title, text)
     ratings.STORED: (200, "感谢您的评价", "您的评价已提交。"),
     ratings.ALREADY_RATED: (409, "该办件已评价", "每个办件只能评价一次(一次一评),此次评价未计入。"),
-    ratings.DUPLICATE: (409, "该办件已评价", "每个办件只能评价一次(一次一评),此次评价未计入。"),
     ratings.PHONE_LIMIT: (429, "今天已评价过该窗口", "每部手机每天可对同一窗口评价一次,此次评价未计入。"),
     ratings.WINDOW_LIMIT: (429, "评价过于频繁", "该窗口本小时收到的评价已达上限,请稍后再试。此次评价未计入。"),
-    cases.EXPIRED: (200, "评价期限已过", "该办件的评价期限已过或已撤销。"),
+    cases.EXPIRED: (409, "评价期限已过", "该办件的评价期限已过或已撤销。"),
     cases.UNKNOWN: (404, "链接无效", "未找到该评价链接,请扫描窗口评价器上的二维码。"),
 }
 
@@ -77,7 +76,7 @@ class Pages:
         if row["state"] in ("rated", "defaulted"):
             return result(ratings.ALREADY_RATED, 200)
         if row["state"] == "cancelled" or (row["deadline"] is not None and self.clock.now() >= row["deadline"]):
-            return result(cases.EXPIRED)
+            return result(cases.EXPIRED, 200)
         return rating_form(row["task_name"])
 
     def rate_case(self, request: Request, token: str) -> Response:
@@ -99,8 +98,9 @@ class Pages:
         self._device_of(window_no)
         headers = []
         if not request.cookie(PHONE_COOKIE):
+            secure = "; Secure" if self.config["api.public_url"].startswith("https:") else ""
             cookie = (f"{PHONE_COOKIE}={secrets.token_urlsafe(16)}; Max-Age={PHONE_COOKIE_MAX_AGE}; Path=/w/; "
-                      "HttpOnly; SameSite=Lax")
+                      f"HttpOnly; SameSite=Lax{secure}")
             headers.append(("Set-Cookie", cookie))
         return rating_form(f"窗口 {window_no}", headers)
 

@@ -68,10 +68,12 @@ class DeviceGate:
                 rows = self._conn.execute("SELECT dev, revoked_at IS NOT NULL, command_key FROM devices").fetchall()
             finally:
                 self._conn.execute("COMMIT")
-        self.allowed = {dev for dev, revoked, _ in rows if not revoked}
-        self.revoked = {dev for dev, revoked, _ in rows if revoked}
-        self.keys = {dev: key for dev, revoked, key in rows if key and not revoked}
-        self.generation = generation
+            if generation < self.generation:  # another thread has already applied a newer snapshot
+                return
+            self.allowed = {dev for dev, revoked, _ in rows if not revoked}
+            self.revoked = {dev for dev, revoked, _ in rows if revoked}
+            self.keys = {dev: key for dev, revoked, key in rows if key and not revoked}
+            self.generation = generation
 
     def admit(self, dev: str, command_key: str | None = None) -> None:
         """A device this gateway just registered, or gave a new key: at once, before the next poll."""
@@ -160,6 +162,8 @@ class Registry:
     def configure(self, dev: str, changes: dict) -> dict:
         """Push a configuration (retained): the next version, with the window's standing QR filled in."""
         registered = self.device(dev)
+        if registered["revoked_at"] is not None:
+            raise Conflict(f"device {dev} is revoked")
         previous = json.loads(registered["config"] or "{}")
         message = {**{k: v for k, v in previous.items() if k not in ("v", "k", "ver")}, **changes,
                    "v": 1, "k": "config", "ver": (registered["config_sent"] or 0) + 1}

@@ -93,8 +93,8 @@ class Gateway:
         self.stop()
 
     def health(self) -> dict:
-        checks = {"writer": self.writer.alive, "broker": self.ingest.connected.is_set(),
-                  "storage_below_quota": not self.writer.full}
+        checks = {"writer": self.writer.alive, "mqtt_thread": self.ingest.alive,
+                  "broker": self.ingest.connected.is_set(), "storage_below_quota": not self.writer.full}
         return {"ok": all(checks.values()), **checks, "storage_alarm": self.writer.alarm,
                 "forward_last_error": self.forwarder.last_error}
 

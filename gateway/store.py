@@ -120,7 +120,10 @@ class Writer:
                 batch.append(nxt)
             self._run_batch(batch)
             for listener in self.batch_listeners:
-                listener()
+                try:
+                    listener()
+                except Exception:  # noqa: BLE001 - a listener's failure must not stop the writer
+                    log.exception("after-commit listener failed")
             if stopping:
                 return
 

@@ -1,6 +1,7 @@
 """Who may call what: roles on API keys, rate limits, and the append-only audit log of reads and changes."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -11,6 +12,8 @@ from gateway.db import StorageError
 from tests.helpers import register_device, wait_until
 from tests.test_cases_api import call, case_body
 
+TODAY = dt.date.today()
+THIS_MONTH = f"from={TODAY - dt.timedelta(days=30)}&to={TODAY + dt.timedelta(days=1)}"  # around now, wherever it is
 WINDOW, TECH, MANAGER, AUDITOR = "window-key-0001", "tech-key-0002", "manager-key-0003", "auditor-key-0004"
 KEYS = [key_entry(WINDOW, ["window"], "erp"), key_entry(TECH, ["technician"], "tech1"),
         key_entry(MANAGER, ["manager"], "duty-mgr"), key_entry(AUDITOR, ["auditor"], "audit1")]
@@ -31,7 +34,7 @@ def test_each_role_may_make_its_calls_and_no_others(gateway):
     assert call(gateway, "PUT", "/api/v1/devices/W02", {"window_no": "A02"}, key=TECH)[0] == 200
     assert call(gateway, "PUT", "/api/v1/devices/W03", {"window_no": "A03"}, key=WINDOW)[0] == 403
     assert call(gateway, "PUT", "/api/v1/devices/W03", {"window_no": "A03"}, key=AUDITOR)[0] == 403
-    ratings = "/api/v1/ratings?from=2000-01-01&to=2100-01-01"
+    ratings = f"/api/v1/ratings?{THIS_MONTH}"
     assert call(gateway, "GET", ratings, key=MANAGER)[0] == 200
     assert call(gateway, "GET", ratings, key=WINDOW)[0] == 403
     assert call(gateway, "GET", ratings, key=TECH)[0] == 403
@@ -47,7 +50,7 @@ def test_reads_of_rating_data_and_changes_are_audited_and_the_log_cannot_be_alte
     case = json.loads(call(gateway, "POST", "/api/v1/cases", case_body(), key=WINDOW)[1])
     device.press("dissatisfied", case=case["case_ref"], reasons=["502"])
     wait_until(device.all_acked, 10, "the rating acked")
-    status, answer = call(gateway, "GET", "/api/v1/ratings?from=2000-01-01&to=2100-01-01&public_only=1", key=MANAGER)
+    status, answer = call(gateway, "GET", f"/api/v1/ratings?{THIS_MONTH}&public_only=1", key=MANAGER)
     assert status == 200 and [r["level"] for r in json.loads(answer)["ratings"]] == ["dissatisfied"]
     call(gateway, "GET", f"/api/v1/cases/{case['case_ref']}", key=WINDOW)
     call(gateway, "PUT", "/api/v1/devices/W01/config", {"bright": 40}, key=TECH)

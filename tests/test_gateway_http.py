@@ -116,3 +116,37 @@ def test_idle_connections_cannot_starve_the_citizens_pages(gateway_factory):
     finally:
         for conn in idle:
             conn.close()
+
+
+def test_bad_requests_get_clear_answers_and_do_not_hurt_ingest(gateway_factory, wire_device):
+    gateway = gateway_factory(**{"api.keys": KEYS})
+    register_device(gateway.writer, "W01", window_no="A01")
+    for device, status in (("#", 400), (5, 400), ("W99", 404)):  # "#" would be a wildcard topic to paho
+        answer = call(gateway, "POST", "/api/v1/cases", case_body(project_no=f"D{status}", device=device),
+                      key=EVERYONE)
+        assert answer[0] == status, answer
+    assert call(gateway, "POST", "/api/v1/cases", case_body(finished_at=True), key=EVERYONE)[0] == 400
+    assert call(gateway, "GET", "/api/v1/ratings?from=2020-01-01&to=2026-11-30", key=EVERYONE)[0] == 400
+    assert call(gateway, "GET", "/api/v1/ratings?from=2026-11-01&to=9999-12-31", key=EVERYONE)[0] == 400
+    assert call(gateway, "GET", "/api/v1/ratings%0A?from=2026-11-01&to=2026-11-02", key=EVERYONE)[0] == 404
+    assert call(gateway, "POST", "/api/v1/devices/W01/revoke", key=EVERYONE)[0] == 200
+    assert call(gateway, "PUT", "/api/v1/devices/W01/config", {"bright": 50}, key=EVERYONE)[0] == 409
+    device = wire_device("W02")  # ingest is still at work
+    device.press()
+    wait_until(device.all_acked, 10, "a rating acked after the bad requests")
+    assert gateway.health()["mqtt_thread"]
+
+
+def test_a_full_store_answers_503_and_stores_nothing(gateway_factory):
+    gateway = gateway_factory(**{"api.keys": KEYS, "store.quota_mb": 0})
+    status, answer = call(gateway, "POST", "/api/v1/cases", case_body(), key=EVERYONE)
+    assert status == 503 and "storage" in json.loads(answer)["error"]
+    assert gateway.reader.execute("SELECT count(*) FROM cases").fetchone()[0] == 0
+
+
+def test_cancelling_a_case_is_audited(gateway_factory):
+    gateway = gateway_factory(**{"api.keys": KEYS})
+    call(gateway, "POST", "/api/v1/cases", case_body(project_no="C7"), key=EVERYONE)
+    assert call(gateway, "POST", "/api/v1/cases/C7/cancel", key=EVERYONE)[0] == 200
+    entries = [tuple(r) for r in gateway.reader.execute("SELECT actor, action, detail FROM audit")]
+    assert entries == [("all", "cancel_case", "POST /api/v1/cases/C7/cancel")]
