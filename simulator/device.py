@@ -41,6 +41,7 @@ class SimDevice:
         if not font.exists():
             font.symlink_to(self.firmware / "font.bin")
         self.frames: list[dict] = []  # every frame shown: {"frame", "kind", "t", "host_t"}
+        self.prompts: list[int] = []  # the frame of each prompt that arrived (it lit the LED); this boot
         self.events: queue.Queue = queue.Queue()
         self._screens: queue.Queue = queue.Queue()
         self._pieces: list[bytes] = []
@@ -49,6 +50,7 @@ class SimDevice:
         self.proc: subprocess.Popen | None = None
         self._conn: socket.socket | None = None
         self.boots = 0
+        self.plugged = True  # the network cable: it stays out across power cuts
 
     # ---- power ----
 
@@ -71,11 +73,14 @@ class SimDevice:
         finally:
             listener.close()
         self._conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.boots += 1
         with self._frame_seen:
-            self.frames = []  # frame numbers start again at each boot
+            self.boots += 1
+            self.frames, self.prompts = [], []  # frame numbers start again at each boot
+            self._frame_seen.notify_all()
         threading.Thread(target=self._read, args=(self._conn, self.proc), name=f"sim-{self.device}",
                          daemon=True).start()
+        if not self.plugged:
+            self._send({"net": False})
         return self
 
     def power_cut(self) -> None:
@@ -115,11 +120,32 @@ class SimDevice:
         self._send({"button": button, "down": False})
         return down_at
 
+    def press_until(self, button: int, kinds: tuple[str, ...], after: int, timeout: float = 10,
+                    hold_ms: int = 120) -> dict:
+        """Press a button and keep it down until the screen answers with a frame of one of `kinds` (shown after
+        frame `after`), at least `hold_ms`; return that frame. As a person does: a press the evaluator did not
+        seem to notice is held, not repeated. (The firmware polls its buttons every few ms; on a host short of
+        CPU its process can sleep through a short press whose down and up then arrive together.)"""
+        boot = self.boots
+        self._send({"button": button, "down": True})
+        try:
+            time.sleep(hold_ms / 1000)
+            return self.wait_frame(kinds, after=after, timeout=timeout, boot=boot)
+        finally:
+            try:
+                self._send({"button": button, "down": False})
+            except (DeviceError, OSError):
+                pass  # the power or the device went meanwhile: nothing left to release
+
     def unplug(self) -> None:
-        self._send({"net": False})
+        self.plugged = False
+        if self.running:
+            self._send({"net": False})
 
     def replug(self) -> None:
-        self._send({"net": True})
+        self.plugged = True
+        if self.running:
+            self._send({"net": True})
 
     # ---- what a person sees ----
 
@@ -143,18 +169,45 @@ class SimDevice:
         image.putpalette(palette)
         return image.convert("RGB")
 
-    def wait_frame(self, kind: str | None, after: int = 0, timeout: float = 10) -> dict:
-        """The first frame of `kind` (None: of any kind) shown after frame number `after`."""
+    def wait_frame(self, kind: str | tuple[str, ...] | None, after: int = 0, timeout: float = 10,
+                   boot: int | None = None) -> dict:
+        """The first frame of `kind` (or of one of several kinds; None: of any kind) shown after frame number
+        `after`. With `boot` (the number of boots, as `mark` gives it), only a frame of that boot will do: when
+        the device has started again meanwhile (frame numbers start again at each boot), DeviceError at once."""
+        kinds = (kind,) if isinstance(kind, str) else kind
         deadline = time.monotonic() + timeout
         with self._frame_seen:
             while True:
+                if boot is not None and boot != self.boots:
+                    raise DeviceError(f"{self.device} started again before it showed {kind}")
                 for frame in self.frames:
-                    if frame["frame"] > after and kind in (None, frame["kind"]):
+                    if frame["frame"] > after and (kinds is None or frame["kind"] in kinds):
                         return frame
                 left = deadline - time.monotonic()
                 if left <= 0:
                     shown = [f["kind"] for f in self.frames[-5:]]
                     raise DeviceError(f"{self.device} did not show {kind} (last: {shown})")
+                self._frame_seen.wait(left)
+
+    def mark(self) -> tuple[int, int]:
+        """Where the device is now, for `wait_prompt` and `wait_frame`: (boots so far, its last frame)."""
+        with self._frame_seen:
+            return self.boots, self.frames[-1]["frame"] if self.frames else 0
+
+    def wait_prompt(self, since: tuple[int, int], timeout: float = 10) -> int:
+        """The frame of the first prompt that arrived after `since` (a `mark`): a prompt message was received,
+        drawn, and lit the LED. The once-a-second countdown redraws of a prompt already shown do not count, so a
+        new prompt is told from the old one it replaces."""
+        boot, after = since
+        deadline = time.monotonic() + timeout
+        with self._frame_seen:
+            while True:
+                later = [frame for frame in self.prompts if self.boots != boot or frame > after]
+                if later:
+                    return later[0]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DeviceError(f"{self.device} showed no new prompt in {timeout:g} s")
                 self._frame_seen.wait(left)
 
     @property
@@ -196,6 +249,11 @@ class SimDevice:
             with self._frame_seen:
                 self.frames.append({**message, "host_t": at})
                 self._frame_seen.notify_all()
+        elif message.get("led"):  # the application lights the LED when a prompt arrives, just after drawing it
+            with self._frame_seen:
+                self.prompts.append(self.frames[-1]["frame"] if self.frames else 0)
+                self._frame_seen.notify_all()
+            self.events.put(message)
         elif "screen_piece" in message:
             self._pieces.append(base64.b64decode(message["screen_piece"]))
         elif "screen" in message:

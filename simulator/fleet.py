@@ -4,12 +4,16 @@ Windows finish cases (办结) through the gateway's case API as a window system 
 is prompted; a citizen presses a level, or walks away and perhaps rates later on the QR page. A few windows
 have the real firmware on the MicroPython unix port (pressed through the simulated board), the rest virtual
 devices (simulator/virtual.py). Faults follow the scenario's timeline. After closing, simulated days pass
-so default ratings come due, and the province must hold every case exactly once:
+so default ratings come due, and simulator/check.py compares what happened with what the province holds.
 
-- every confirmed press (a virtual device's recorded rating, a firmware device's thanks screen) and every
-  QR rating the page accepted, with the level the citizen chose;
-- a default rating (pf 7) for every case nobody rated;
-- nothing twice; whatever the province refused is listed as a dead letter with its reason.
+A virtual window's citizens come at random (cases_per_minute), and leave when their evaluator shows nothing
+within PROMPT_WAIT_S. A real-firmware window's citizens are fixed by the scenario and its seed, whatever
+the timing: round(cases_per_minute x seconds / 60) of them (at least one) spread evenly over the day,
+round(walk_away x that) walking away (at least one presses). Each press is made only after the device shows
+that citizen's case's prompt, and holds until the screen answers; when a fault stops it (no prompt: the
+device was cut off; no thanks: the power went mid-press), the window reports a new case and the citizen
+presses again, after closing if need be. So each firmware device confirms at least `guaranteed[dev]` presses
+on its screen, or the day fails.
 """
 from __future__ import annotations
 
@@ -19,54 +23,35 @@ import random
 import threading
 import time
 import urllib.error
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import codec, upstream
+from protocol import codec
+from simulator import check as checker
+from simulator.check import Case, Result, Seen
 from simulator.device import DeviceError, SimDevice
-from simulator.hall import AREA, Hall
-from simulator.scenario import Scenario
+from simulator.hall import Hall
+from simulator.scenario import Fault, Scenario
 from simulator.virtual import VirtualDevice
 
-PROFILE = upstream.Profile(area_code=AREA)
-PF = PROFILE.channel_codes
-PROMPT_WAIT_S = 5.0  # how long a citizen looks at a blank evaluator before leaving
+PROMPT_WAIT_S = 5.0  # how long a citizen at a virtual window looks at a blank evaluator before leaving
+FIRMWARE_PROMPT_S = 10.0  # how long a firmware window waits for its device to show a case's prompt
+FIRMWARE_ANSWER_S = 10.0  # ... and for its screen to answer a press
+FIRMWARE_ONLINE_S = 60.0  # ... and for the gateway to list the device online again before reporting a case
+FIRMWARE_GRACE_S = 60.0  # after closing, how long citizens whose press a fault stopped may still press
+DEVICE_REASONS = 5  # the reasons a firmware device offers after a 差评 (firmware/settings.py, the default config)
 
 
-@dataclass
-class Case:
-    ref: str
-    window: str
-    dev: str
-    url: str = ""
-    outcome: str | None = None  # press | qr | None: nobody rated it (a default is due)
-    level: str | None = None
-
-
-@dataclass
-class Result:
-    cases: int = 0
-    pressed: int = 0  # confirmed presses
-    phone: int = 0  # ratings the QR page accepted
-    defaults: int = 0  # default ratings at the province
-    stored: int = 0  # ratings in the gateway's database
-    forwarded: int = 0  # records at the province
-    duplicates: int = 0
-    lost: int = 0
-    wrong: int = 0  # at the province with another level or channel than the citizen chose
-    unreported: int = 0  # cases the window system could not report (the gateway away too long)
-    dead_letters: list = field(default_factory=list)  # (case or rating, reason)
-    problems: list = field(default_factory=list)  # what each violation was, for the report
-    latencies: list = field(default_factory=list)  # seconds from a virtual device's press to the province
-
-    @property
-    def ok(self) -> bool:
-        return not (self.duplicates or self.lost or self.wrong)
-
-    def summary(self) -> str:
-        return (f"cases={self.cases} pressed={self.pressed} phone={self.phone} defaults={self.defaults} "
-                f"stored={self.stored} forwarded={self.forwarded} dead_letters={len(self.dead_letters)} "
-                f"duplicates={self.duplicates} lost={self.lost}")
+@dataclass(frozen=True)
+class Citizen:
+    """One citizen at a real-firmware window, drawn from the scenario's seed before the day starts."""
+    at: float  # seconds after opening when they step up
+    plan: str  # press | qr | leave
+    level: str
+    reasons: tuple  # the reason codes a QR rating gives
+    reason_button: int  # the reason pressed on the device after a 差评
+    think_s: float
 
 
 class Fleet:
@@ -80,18 +65,21 @@ class Fleet:
         self.screens = Path(screens) if screens else None
         self._say = say
         self._began = time.monotonic()
-        self.rng = random.Random(scenario.seed)
+        self.rng = random.Random(scenario.seed)  # the virtual windows' (the event loop's thread only)
         self.hall = Hall(self.workdir / "hall")
         self.cases: dict[str, Case] = {}
         self.virtual: list[VirtualDevice] = []
         self.real: list[SimDevice] = []
-        self.confirmed_real: dict[str, int] = {}  # firmware device -> thanks screens after a press
-        self.closing = threading.Event()
+        self.guaranteed: dict[str, int] = {}  # firmware device -> presses its citizens make whatever happens
+        self.confirmed_real: dict[str, list[str]] = {}  # firmware device -> level of each press its thanks confirmed
+        self.closing = threading.Event()  # no new citizens (the firmware windows finish those they have)
+        self.ending = threading.Event()  # the day is over or cut short: every window stops now
         self._prompted: dict[str, asyncio.Future] = {}
         self._numbers = iter(range(1, 10**9))
         self._later: list[concurrent.futures.Future] = []  # QR ratings citizens will make later
         self.unreported = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._opened = self._last_call = 0.0  # monotonic: when the hall opened, when late presses must stop
 
     def say(self, text: str) -> None:
         self._say(f"[{time.monotonic() - self._began:6.1f} s] {text}")
@@ -112,6 +100,7 @@ class Fleet:
             return await self._day()
         finally:  # cut short (SIGTERM, Ctrl-C, a failure): the window threads must see the hall close
             self.closing.set()
+            self.ending.set()
 
     async def _day(self) -> Result:
         s = self.scenario
@@ -124,14 +113,20 @@ class Fleet:
         await self._open_windows()
         self.say(f"open: {len(self.real)} real-firmware and {len(self.virtual)} virtual evaluators; "
                  f"scenario {s.name!r} for {s.seconds:g} s with {len(s.faults)} faults")
-        windows = [asyncio.to_thread(self._firmware_window, d) for d in self.real]
+        self._opened = time.monotonic()
+        self._last_call = self._opened + s.seconds + FIRMWARE_GRACE_S
+        windows = []
+        for n, device in enumerate(self.real):
+            citizens = self._firmware_citizens(n)
+            self.guaranteed[device.device] = sum(1 for c in citizens if c.plan == "press")
+            windows.append(asyncio.to_thread(self._firmware_window, device, citizens))
         windows += [self._virtual_window(d) for d in self.virtual]
-        faults = [asyncio.create_task(self._fault(f)) for f in s.faults]
+        faults = [asyncio.create_task(self._fault(n, f)) for n, f in enumerate(s.faults)]
         running = asyncio.gather(*windows)
         await asyncio.sleep(s.seconds)
         self.closing.set()
         self._closed.set()
-        self.say("closing: no new cases; waiting for citizens still at the counters and the ratings in flight")
+        self.say("closing: no new citizens; waiting for those still at the counters and the ratings in flight")
         await running
         await asyncio.gather(*faults)
         await asyncio.to_thread(concurrent.futures.wait, self._later)
@@ -157,7 +152,7 @@ class Fleet:
             device.window = f"A{n + 1:02d}"
             await asyncio.to_thread(device.start)
             self.real.append(device)
-            self.confirmed_real[dev] = 0
+            self.confirmed_real[dev] = []
             if self.screens:
                 threading.Thread(target=self._save_screens, args=(device,), daemon=True).start()
         for n in range(s.virtual_devices):
@@ -171,8 +166,8 @@ class Fleet:
             if n % 200 == 199:
                 await asyncio.sleep(0.05)  # let the broker take the connections in steps
         total = len(self.real) + len(self.virtual)
-        await asyncio.to_thread(_wait, lambda: hall.query(
-            "SELECT count(*) FROM devices WHERE state = 'online'")[0][0] >= total, 120, "every evaluator online")
+        await asyncio.to_thread(_wait, lambda: hall.rows(
+            "SELECT count(*) AS n FROM devices WHERE state = 'online'")[0]["n"] >= total, 120, "every evaluator online")
 
     async def _close_windows(self) -> None:
         for device in self.real:
@@ -186,11 +181,16 @@ class Fleet:
     def _new_case(self, device_id: str, window: str) -> Case:
         return Case(f"SIM{next(self._numbers):07d}", window, device_id)
 
+    def _choose(self, rng: random.Random) -> tuple[str, list]:
+        """A level from the scenario's mix, and for a 差评 a reason (as the QR page takes it)."""
+        mix = self.scenario.mix
+        level = rng.choices(list(mix), weights=list(mix.values()))[0]
+        return level, [rng.choice(codec.REASON_CODES)] if level in codec.BAD_LEVELS else []
+
     def _plan(self) -> tuple[str, str, list]:
-        """What the next citizen does: (press | qr | leave, level, reasons)."""
+        """What the next citizen at a virtual window does: (press | qr | leave, level, reasons)."""
         s, rng = self.scenario, self.rng
-        level = rng.choices(list(s.mix), weights=list(s.mix.values()))[0]
-        reasons = [rng.choice(codec.REASON_CODES)] if level in codec.BAD_LEVELS else []
+        level, reasons = self._choose(rng)
         if rng.random() >= s.walk_away:
             return "press", level, reasons
         return ("qr" if rng.random() < s.rate_later else "leave"), level, reasons
@@ -254,167 +254,186 @@ class Fleet:
 
     # ---- a window with a real-firmware evaluator (its own thread: the device is driven by blocking calls) ----
 
-    def _firmware_window(self, device: SimDevice) -> None:
-        rng = random.Random(self.rng.random())
-        while not self.closing.wait(self._gap()):
+    def _firmware_citizens(self, number: int) -> list[Citizen]:
+        """The citizens of the `number`th firmware window: from the scenario's seed alone, never the timing."""
+        s = self.scenario
+        rng = random.Random(f"{s.seed}/firmware/{number}")
+        count = max(1, round(s.cases_per_minute * s.seconds / 60))
+        walking = min(count - 1, round(count * s.walk_away))
+        plans = ["press"] * (count - walking) + ["walk"] * walking
+        rng.shuffle(plans)
+        slot = s.seconds / count
+        citizens = []
+        for n, plan in enumerate(plans):
+            level, reasons = self._choose(rng)
+            if plan == "walk":
+                plan = "qr" if rng.random() < s.rate_later else "leave"
+            citizens.append(Citizen(at=n * slot + rng.uniform(0, slot / 2), plan=plan, level=level,
+                                    reasons=tuple(reasons), reason_button=rng.randrange(DEVICE_REASONS),
+                                    think_s=rng.uniform(*s.think_s)))
+        return citizens
+
+    def _firmware_window(self, device: SimDevice, citizens: list[Citizen]) -> None:
+        for citizen in citizens:
+            if self.ending.wait(max(0.0, self._opened + citizen.at - time.monotonic())):
+                return
+            if citizen.plan == "press":
+                self._press_for(device, citizen)
+            else:
+                self._walk_away(device, citizen)
+        confirmed, guaranteed = len(self.confirmed_real[device.device]), self.guaranteed[device.device]
+        self.say(f"{device.device}: {confirmed} presses confirmed on its screen ({guaranteed} citizens pressed)")
+
+    def _press_for(self, device: SimDevice, citizen: Citizen) -> None:
+        """Serve a pressing citizen until their press is confirmed (a thanks screen): a new case each time a
+        fault stopped it, until the day ends."""
+        while not self.ending.is_set() and time.monotonic() < self._last_call:
+            self._until_online(device)
             case = self._new_case(device.device, device.window)
-            plan, level, reasons = self._plan()
-            before = device.last_frame
+            since = device.mark()
             if not self._report(case):
                 self.unreported += 1
                 continue
-            if plan == "qr":
-                self._rate_later_soon(case, level, reasons)
             try:
-                shown = device.wait_frame("prompt", after=before, timeout=PROMPT_WAIT_S)
-                if plan != "press":
-                    self._until_idle(device, shown["frame"])
-                    continue
-                time.sleep(rng.uniform(*self.scenario.think_s))
-                device.press(codec.LEVELS.index(level))
-                if level in codec.BAD_LEVELS:
-                    device.wait_frame("reasons", after=shown["frame"], timeout=5)
-                    time.sleep(0.3)
-                    device.press(1)
-                device.wait_frame("thanks", after=shown["frame"], timeout=5)
-            except (DeviceError, OSError):
-                continue  # no prompt (offline, powered off) or cut off mid-press: nothing confirmed
-            self.confirmed_real[device.device] += 1
-            case.outcome, case.level = "press", level
-
-    def _until_idle(self, device: SimDevice, after: int) -> None:
-        """The next citizen steps up when the abandoned prompt has timed out (or the hall closes)."""
-        while not self.closing.is_set():
-            try:
-                device.wait_frame("idle", after=after, timeout=1)
-                return
-            except DeviceError:
+                shown = device.wait_prompt(since, FIRMWARE_PROMPT_S)
+            except DeviceError:  # cut off: no press was made, the case gets its default rating
+                self.say(f"{device.device} showed no prompt for case {case.ref}; the window reports a new case")
                 continue
+            outcome = self._press(device, citizen, shown)
+            if outcome == "thanks":
+                self.confirmed_real[device.device].append(citizen.level)
+                case.outcome, case.level = "press", citizen.level
+                return
+            # No thanks screen: rated or not (the power may have gone after the rating reached flash), the case
+            # is at the province once either way, as the press or as its default rating.
+            self.say(f"{device.device}: the press for case {case.ref} got {outcome}; the window reports a new case")
+
+    def _press(self, device: SimDevice, citizen: Citizen, prompt_frame: int) -> str:
+        """Press the citizen's level on the prompt shown as `prompt_frame` (and a reason after a 差评); return the
+        kind of screen that answered (thanks when the rating was recorded), or what went wrong."""
+        boot = device.boots
+        try:
+            if self.ending.wait(citizen.think_s):
+                return "the day's end"
+            answer = device.press_until(codec.LEVELS.index(citizen.level), ("thanks", "reasons", "hint", "error"),
+                                        after=prompt_frame, timeout=FIRMWARE_ANSWER_S)
+            if answer["kind"] == "reasons":
+                if self.ending.wait(citizen.think_s / 2):
+                    return "the day's end"
+                answer = device.press_until(citizen.reason_button, ("thanks", "error"), after=answer["frame"],
+                                            timeout=FIRMWARE_ANSWER_S)
+            return answer["kind"] if device.boots == boot else "a restart"
+        except (DeviceError, OSError) as e:
+            return f"no answer ({e})"
+
+    def _walk_away(self, device: SimDevice, citizen: Citizen) -> None:
+        case = self._new_case(device.device, device.window)
+        since = device.mark()
+        if not self._report(case):
+            self.unreported += 1
+            return
+        if citizen.plan == "qr":
+            self._rate_later_soon(case, citizen.level, list(citizen.reasons))
+        try:  # its prompt shows before the next citizen's case is reported, so it cannot be taken for theirs
+            device.wait_prompt(since, FIRMWARE_PROMPT_S)
+        except DeviceError:
+            pass
+
+    def _until_online(self, device: SimDevice) -> None:
+        """Until the gateway lists the device online (the window's staff would see it offline, and wait)."""
+        began = time.monotonic()
+        while not self.ending.is_set() and time.monotonic() < began + FIRMWARE_ONLINE_S:
+            rows = self.hall.rows("SELECT state FROM devices WHERE dev = ?", (device.device,))
+            if rows and rows[0]["state"] == "online" and device.running:
+                if time.monotonic() - began > 1:
+                    self.say(f"{device.device} is online again after {time.monotonic() - began:.1f} s: its window "
+                             f"goes on")
+                return
+            self.ending.wait(0.2)
 
     def _save_screens(self, device: SimDevice) -> None:
         """Save the device's screen as a PNG whenever it changes: DEVICE-HHMMSS.mmm-KIND.png."""
         self.screens.mkdir(parents=True, exist_ok=True)
-        seen = 0
-        while True:
+        boot, seen = device.mark()
+        while not (self.ending.is_set() or (self.closing.is_set() and not device.running)):
+            if device.boots != boot:
+                boot, seen = device.boots, 0
             try:
-                frame = device.wait_frame(None, after=seen, timeout=3600)
+                frame = device.wait_frame(None, after=seen, timeout=1, boot=boot)
                 seen = frame["frame"]
                 image = device.screenshot(timeout=5)
             except (DeviceError, OSError):
-                if self.closing.is_set() and not device.running:
-                    return
-                seen = 0
-                time.sleep(0.2)
-                continue
+                continue  # nothing new, powered off, or started again: look again
             stamp = time.strftime("%H%M%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
             image.save(self.screens / f"{device.device}-{stamp}-{frame['kind']}.png")
 
     # ---- faults ----
 
-    async def _fault(self, fault) -> None:
+    async def _fault(self, number: int, fault: Fault) -> None:
+        """The timeline's `number`th fault: begun at its time, ended `for` seconds later. The hall's own kinds
+        are the hall's (Hall.begin_fault); network and power cuts are the devices', which one draws from the
+        scenario's seed and the fault's place on the timeline."""
         await asyncio.sleep(fault.at)
-        hall, run = self.hall, asyncio.to_thread
         lasting = "" if fault.kind == "broker_restart" else f" for {fault.duration:g} s"
         self.say(f"fault: {fault.kind}{lasting}")
-        if fault.kind == "broker_restart":
-            await run(hall.restart_broker)
-        elif fault.kind == "gateway_kill":
-            await run(hall.kill_gateway)
-            await asyncio.sleep(fault.duration)
-            await run(hall.start_gateway)
-        elif fault.kind == "province_outage":
-            await run(hall.province_down)
-            await asyncio.sleep(fault.duration)
-            await run(hall.province_up)
-        elif fault.kind == "province_errors":
-            hall.province.faults.update({"error_rate": fault.rate})
-            await asyncio.sleep(fault.duration)
-            hall.province.faults.update({"error_rate": 0.0})
+        rng = random.Random(f"{self.scenario.seed}/fault/{number}")
+        if fault.kind in Hall.FAULTS:
+            end = await asyncio.to_thread(self.hall.begin_fault, fault)
+            ending = (lambda: asyncio.to_thread(end)) if end else None
         elif fault.kind == "network_cut":
-            cut = self.rng.sample(self.virtual, min(fault.devices, len(self.virtual)))
-            real = self.rng.sample(self.real, min(fault.firmware, len(self.real)))
-            for device in cut:
-                device.unplug()
-            for device in real:
-                await run(device.unplug)
+            ending = await self._network_cut(fault, rng)
+        elif fault.kind == "power_cut":
+            ending = await self._power_cut(fault, rng)
+        else:
+            raise ValueError(f"no such fault: {fault.kind}")
+        if ending:
             await asyncio.sleep(fault.duration)
-            for device in cut:
+            await ending()
+
+    async def _network_cut(self, fault: Fault, rng: random.Random) -> Callable[[], Awaitable]:
+        virtual = rng.sample(self.virtual, min(fault.devices, len(self.virtual)))
+        real = rng.sample(self.real, min(fault.firmware, len(self.real)))
+        self.say(f"network cut: {', '.join(d.device for d in real) or 'no real-firmware evaluator'} and "
+                 f"{len(virtual)} virtual evaluators")
+        for device in virtual:
+            device.unplug()
+        for device in real:
+            await asyncio.to_thread(device.unplug)
+
+        async def replug() -> None:
+            for device in virtual:
                 device.replug()
             for device in real:
-                await run(device.replug)
-        elif fault.kind == "power_cut":
-            real = self.rng.sample(self.real, min(fault.firmware, len(self.real)))
+                await asyncio.to_thread(device.replug)
+        return replug
+
+    async def _power_cut(self, fault: Fault, rng: random.Random) -> Callable[[], Awaitable]:
+        real = rng.sample(self.real, min(fault.firmware, len(self.real)))
+        self.say(f"power cut: {', '.join(d.device for d in real) or 'no real-firmware evaluator'}")
+        for device in real:
+            await asyncio.to_thread(device.power_cut)
+
+        async def power_on() -> None:
             for device in real:
-                await run(device.power_cut)
-            await asyncio.sleep(fault.duration)
-            for device in real:
-                await run(device.start)
+                await asyncio.to_thread(device.start)
+        return power_on
 
     # ---- the end: wait, then check ----
 
+    def seen(self) -> Seen:
+        """What the day did, for simulator/check.py."""
+        return Seen(cases=self.cases, virtual={d.dev: d.pressed for d in self.virtual},
+                    firmware=self.confirmed_real, unreported=self.unreported)
+
     def _wait_forwarded(self, timeout: float) -> bool:
-        """Until every rated case is at the province: False if the time ran out first."""
-        return _wait(lambda: not self._missing(rated_only=True), timeout, None)
+        """Until every rating made is at the province: False if the time ran out first."""
+        return _wait(lambda: not checker.missing(self.hall, self.seen(), rated_only=True), timeout, None)
 
     def _wait_all_cases(self, timeout: float) -> None:
-        _wait(lambda: not self._missing(rated_only=False), timeout, None)
-
-    def _missing(self, rated_only: bool) -> list[str]:
-        landed = {row[1] for row in self.hall.province.landed()}
-        dead = {case for case, _ in self.dead_letters()}
-        return [ref for ref, case in self.cases.items()
-                if ref not in landed and ref not in dead and (case.outcome or not rated_only)]
-
-    def dead_letters(self) -> list[tuple[str, str]]:
-        return [(row[0] or f"rating {row[1]}", row[2]) for row in self.hall.query(
-            "SELECT r.case_ref, r.rid, o.last_error FROM outbox o JOIN ratings r ON r.id = o.rating_id "
-            "WHERE o.state = 'dead'")]
+        _wait(lambda: not checker.missing(self.hall, self.seen(), rated_only=False), timeout, None)
 
     def check(self) -> Result:
-        result = Result(cases=len(self.cases), unreported=self.unreported)
-        landed = self.hall.province.landed()
-        result.forwarded = len(landed)
-        result.stored = self.hall.query("SELECT count(*) FROM ratings")[0][0]
-        result.dead_letters = self.dead_letters()
-        dead = {case for case, _ in result.dead_letters}
-        by_case: dict[str, list] = {}
-        for row in landed:
-            by_case.setdefault(row[1], []).append(row)
-        by_eval = {row[0]: row[4] for row in landed}
-        result.defaults = sum(1 for row in landed if row[2] == PF["default"])
-
-        def problem(kind: str, text: str) -> None:
-            setattr(result, kind, getattr(result, kind) + 1)
-            result.problems.append(text)
-
-        for ref, case in self.cases.items():
-            records = by_case.get(ref, [])
-            if len(records) > 1:
-                problem("duplicates", f"case {ref}: {len(records)} records at the province")
-            if not records:
-                if ref not in dead:
-                    problem("lost", f"case {ref} ({case.outcome or 'unrated'}) is not at the province")
-                continue
-            channel = {"press": PF["device"], "qr": PF["qr"]}.get(case.outcome)
-            if case.outcome == "qr" or (case.outcome == "press" and case.dev.startswith("V")):
-                if records[0][2] != channel or records[0][3] != PROFILE.satisfaction(case.level):
-                    problem("wrong", f"case {ref}: the citizen chose {case.level} by {case.outcome}, the "
-                                     f"province has pf {records[0][2]} satisfaction {records[0][3]}")
-        for device in self.virtual:
-            for rating_id, (case_ref, _, pressed_at) in device.pressed.items():
-                arrived = by_eval.get(upstream.eval_id(PROFILE.source, device.dev, rating_id))
-                if arrived is not None:  # presses all arrive before any days pass: one clock
-                    result.latencies.append(arrived - pressed_at)
-                elif case_ref in by_case:  # (a case with no record at all is counted above)
-                    problem("lost", f"press {rating_id} on {device.dev} is not at the province, though its case "
-                                    f"{case_ref} is")
-        for dev, confirmed in self.confirmed_real.items():
-            arrived = sum(1 for row in landed if row[2] == PF["device"] and f"-{dev}-" in row[0])
-            if arrived < confirmed:
-                problem("lost", f"{dev}: {confirmed} presses confirmed on its screen, {arrived} at the province")
-        result.pressed = sum(len(d.pressed) for d in self.virtual) + sum(self.confirmed_real.values())
-        result.phone = sum(1 for c in self.cases.values() if c.outcome == "qr")
-        return result
+        return checker.check(self.hall, self.seen())
 
 
 def _wait(predicate, timeout: float, what: str | None) -> bool:

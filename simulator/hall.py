@@ -2,7 +2,8 @@
 simulated province, and the calls a window system and a citizen's phone make to the gateway.
 
 Used by `hcp-sim run`, `hcp-sim demo`, `hcp-sim gui` and the benchmarks. Every fault a scenario can inject
-on the hall's side is a method here: broker restart, gateway kill, province outage, days passing.
+on the hall's side is here (`Hall.begin_fault`: broker restart, gateway kill, province outage, province
+errors), and days passing; the devices' own faults (network and power cuts) are the fleet's.
 """
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway import settings
 from gateway.access import key_entry
 from simulator.broker import Broker, free_port, stop_process
 from simulator.province import Province
+from simulator.scenario import Fault
 
 HALL = "361102-xz"
 AREA = "361102"
@@ -139,6 +142,24 @@ class Hall:
 
     # ---- faults on the hall's side ----
 
+    FAULTS = ("broker_restart", "gateway_kill", "province_outage", "province_errors")  # scenario fault kinds
+
+    def begin_fault(self, fault: Fault) -> Callable[[], None] | None:
+        """Inject a scenario fault of one of the kinds in FAULTS; return what ends it (None: it is over)."""
+        if fault.kind == "broker_restart":
+            self.restart_broker()
+            return None
+        if fault.kind == "gateway_kill":
+            self.kill_gateway()
+            return self.start_gateway
+        if fault.kind == "province_outage":
+            self.province_down()
+            return self.province_up
+        if fault.kind == "province_errors":
+            self.province.faults.update({"error_rate": fault.rate})
+            return lambda: self.province.faults.update({"error_rate": 0.0})
+        raise ValueError(f"{fault.kind} is not a fault of the hall's (those are {', '.join(self.FAULTS)})")
+
     def kill_gateway(self) -> None:
         self.gateway.kill()
 
@@ -201,7 +222,15 @@ class Hall:
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
         """Read the gateway's database (read-only, alongside the running gateway)."""
+        return self._read(sql, args, None)
+
+    def rows(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        """As `query`, each row also giving its columns by name (row["case_ref"])."""
+        return self._read(sql, args, sqlite3.Row)
+
+    def _read(self, sql: str, args: tuple, row_factory) -> list:
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        conn.row_factory = row_factory
         try:
             return conn.execute(sql, args).fetchall()
         finally:

@@ -20,6 +20,10 @@ unknown keys and wrong types are refused with a message naming them.
     [[faults]]                   # at: seconds after opening; for: how long it lasts
     at = 20
     kind = "gateway_kill"
+
+A real-firmware window's citizens do not come at random: round(cases_per_minute x seconds / 60) of them (at
+least one), evenly spread over the day, of whom round(walk_away x that) walk away and the rest (at least one)
+press, each once its case's prompt shows, again on a new case when a fault stopped the press (simulator/fleet.py).
 """
 from __future__ import annotations
 

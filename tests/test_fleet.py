@@ -28,7 +28,10 @@ def test_the_ci_hall_day_keeps_every_rating_through_broker_restart_gateway_kill_
     # Every channel was exercised, and every case is at the province exactly once.
     assert result.pressed > 300 and result.phone > 5 and result.defaults > 5
     assert result.forwarded == result.cases == result.stored
-    assert all(confirmed > 0 for confirmed in fleet.confirmed_real.values()), fleet.confirmed_real
+    # Each real-firmware device confirmed at least the presses its citizens were given, faults or not.
+    assert sorted(fleet.guaranteed) == ["F001", "F002", "F003"] and min(fleet.guaranteed.values()) >= 3
+    confirmed = {dev: len(levels) for dev, levels in fleet.confirmed_real.items()}
+    assert all(confirmed[dev] >= presses for dev, presses in fleet.guaranteed.items()), (confirmed, fleet.guaranteed)
     # The faults really happened: the gateway started three times (first, after its SIGKILL, after the days
     # passed), submissions failed while the province was away, devices came back after the broker restart.
     log = (tmp_path / "hall" / "gateway" / "gateway.log").read_text()
@@ -38,6 +41,22 @@ def test_the_ci_hall_day_keeps_every_rating_through_broker_restart_gateway_kill_
     assert all(d.connects >= 2 for d in fleet.virtual)
     # Every device had a command key; every prompt and ack the gateway sent carried the right mac.
     assert all(d.command_key and d.unsigned == 0 for d in fleet.virtual)
+
+
+def test_a_firmware_window_has_its_citizens_from_the_seed_alone(tmp_path):
+    """Who comes to a real-firmware window, when, and what they press depend on the scenario and its seed,
+    never on how the day's timing falls: every window has pressing citizens."""
+    day = scenarios.load(Path("ci"))
+    first = Fleet(day, tmp_path / "a", firmware=tmp_path)
+    again = Fleet(day, tmp_path / "b", firmware=tmp_path)
+    windows = [first._firmware_citizens(n) for n in range(day.firmware_devices)]
+    assert windows == [again._firmware_citizens(n) for n in range(day.firmware_devices)]
+    assert windows[0] != windows[1]
+    for citizens in windows:
+        assert len(citizens) == round(day.cases_per_minute * day.seconds / 60)
+        assert sum(1 for c in citizens if c.plan == "press") >= 3
+        assert all(0 <= c.at < day.seconds for c in citizens)
+        assert [c.at for c in citizens] == sorted(c.at for c in citizens)
 
 
 def test_the_check_finds_a_record_the_province_lost(tmp_path):
