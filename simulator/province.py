@@ -1,4 +1,4 @@
-"""The simulated provincial 好差评 system: PROVINCE-API.md implemented strictly, with fault injection.
+"""The simulated provincial 好差评 system: docs/upstream.md implemented strictly, with fault injection.
 
 It refuses what the real interface would refuse (bad signature, stale timestamp, reused nonce, malformed
 records), stores what it accepts in its own SQLite file (each evalId once), and can be made to fail:
@@ -11,6 +11,7 @@ import hmac
 import json
 import random
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -65,6 +66,7 @@ class Province:
                          "WHERE assessNumber = 1 AND projectNo IS NOT NULL")
         self.host, self.port = host, port
         self._server: ThreadingHTTPServer | None = None
+        self._connections: set = set()  # open client connections, cut by down()
 
     # ---- lifecycle: down() and up() make a full outage (connection refused) ----
 
@@ -77,10 +79,19 @@ class Province:
         return self
 
     def down(self) -> None:
+        """A full outage: no new connections, and the open keep-alive ones are cut too (a client holding one
+        would otherwise never notice)."""
         if self._server:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:  # closed meanwhile
+                pass
 
     up = start
 
@@ -181,7 +192,7 @@ class Province:
 
 
 def validate(r: dict, now: float) -> tuple[str, str] | None:
-    """The first problem of a record as (error code, message), or None (PROVINCE-API.md, record fields)."""
+    """The first problem of a record as (error code, message), or None (docs/upstream.md, record fields)."""
     required = ["evalId", "deptCode", "proManager", "windowNo", "areaCode", "pf", "satisfaction", "assessTime",
                 "assessNumber", "isDefault", "isPublic"]
     if r.get("projectNo") is not None:
@@ -231,6 +242,16 @@ class _Handler(BaseHTTPRequestHandler):
     province: Province = None  # type: ignore[assignment]
     protocol_version = "HTTP/1.1"  # keep-alive, as the forwarder expects
     disable_nagle_algorithm = True  # headers and body go out as two writes; don't hold the second back
+
+    def setup(self):
+        super().setup()
+        with self.province._lock:
+            self.province._connections.add(self.connection)
+
+    def finish(self):
+        with self.province._lock:
+            self.province._connections.discard(self.connection)
+        super().finish()
 
     def do_POST(self):  # noqa: N802 - the http.server API
         p = self.province

@@ -114,3 +114,17 @@ def test_second_first_evaluation_of_a_case_is_e106(province):
     post(province, envelope(record()))
     status, answer = post(province, envelope(record(evalId="361102-W02-00000009")))
     assert answer["results"][0]["error"] == "E106"
+
+
+def test_an_outage_cuts_kept_alive_connections_too(province):
+    """A client holding a keep-alive connection must see the outage, not go on as if the province were up."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", province.port, timeout=5)
+    conn.request("POST", "/sim/faults", body=b"{}", headers={"Content-Type": "application/json"})
+    assert conn.getresponse().read() and province.requests == 0  # answered, on a connection kept open
+    province.down()
+    with pytest.raises((OSError, http.client.HTTPException)):
+        conn.request("POST", "/sim/faults", body=b"{}", headers={"Content-Type": "application/json"})
+        conn.getresponse()
+    conn.close()
