@@ -16,9 +16,11 @@ from bench import (
     gateway_drain,
     gateway_ingest,
     gateway_latency,
+    gateway_restart,
 )
 
-BENCHMARKS = [codec_speed, gateway_ingest, gateway_latency, gateway_drain, firmware_soak, firmware_tls, fleet_capacity]
+BENCHMARKS = [codec_speed, gateway_ingest, gateway_latency, gateway_drain, gateway_restart, firmware_soak, firmware_tls,
+              fleet_capacity]
 
 
 def main() -> None:

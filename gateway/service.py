@@ -51,25 +51,30 @@ class Gateway:
         self.api: Api | None = None
 
     def start(self) -> "Gateway":
-        """Start every part; StorageError if the database cannot be used, OSError if the port is taken."""
+        """Start every part; StorageError if the database cannot be used, OSError if the port is taken.
+
+        The case API opens as soon as the database is open, before anything that may take time or wait for
+        others (the broker, the province, a backlog): 办结 reports are taken while the rest comes up, and their
+        prompts wait in the downlink until the broker is there.
+        """
         self.writer.start()
         self.reader = db.Reader(self.config["store.path"])
         self.gate.start()
-        brokerauth.write_files(self.reader, self.config)  # the broker's accounts as the registry has them
         parts = (self.config, self.writer, self.reader)
         self.registry = Registry(*parts, self.gate, self.downlink, self.clock)
         self.cases = Cases(*parts, self.registry, self.downlink, self.clock, self.calendar)
         self.pages = Pages(*parts, self.registry, self.downlink, self.clock, self.calendar)
         self.notifier = Notifier(self.config, self.writer, self.clock, self.reader, self.metrics)
         self.metrics.register(QueueCollector(self))
-        self.monitor = Monitor(self)
         self.api = Api(self)
+        self.monitor = Monitor(self)
+        self.api.start()
+        self.monitor.start()
+        brokerauth.write_files(self.reader, self.config)  # the broker's accounts as the registry has them
         self.ingest.start()
         self.forwarder.start()
         self.housekeeping.start()
         self.notifier.start()
-        self.monitor.start()
-        self.api.start()
         log.info("gateway for hall %s started: database %s, monitor http://%s:%d/metrics",
                  self.config["gateway.hall"], self.config["store.path"], self.config["http.host"], self.monitor.port)
         return self

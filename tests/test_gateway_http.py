@@ -150,3 +150,19 @@ def test_cancelling_a_case_is_audited(gateway_factory):
     assert call(gateway, "POST", "/api/v1/cases/C7/cancel", key=EVERYONE)[0] == 200
     entries = [tuple(r) for r in gateway.reader.execute("SELECT actor, action, detail FROM audit")]
     assert entries == [("all", "cancel_case", "POST /api/v1/cases/C7/cancel")]
+
+
+def test_the_case_api_takes_reports_while_the_broker_is_away(tmp_path):
+    """办结 reports are taken as soon as the database is open, whatever else is still coming up."""
+    from gateway.service import Gateway
+    from simulator.broker import free_port
+    from tests.helpers import gateway_config
+
+    gateway = Gateway(gateway_config(free_port(), tmp_path / "gateway.db", **{"api.keys": KEYS})).start()
+    try:
+        register_device(gateway.writer, "W01", window_no="A01")
+        status, answer = call(gateway, "POST", "/api/v1/cases", case_body(), key=EVERYONE)
+        assert status == 200 and (json.loads(answer)["device"], json.loads(answer)["prompted"]) == ("W01", False)
+        assert gateway.health()["broker"] is False
+    finally:
+        gateway.stop()
