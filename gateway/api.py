@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gateway import access, audit, openapi, pages, report
+from gateway import access, audit, openapi, pages, report, workorders
 from gateway.db import StorageError
 from gateway.errors import GatewayError, InvalidInput, NotFound
 from gateway.httpservice import HttpService, Request, Response, wsgi
@@ -174,6 +174,38 @@ def _audit(api, request):
 
 
 # ---- the citizens' pages ----
+
+@route("GET", "/api/v1/workorders", READERS, "差评 work orders, newest first", audit="read_workorders",
+       query=(("state", {"type": "string", "enum": ["open", "closed"]}, False, "open or closed"),
+              ("dept", {"type": "string"}, False, "a department's unified social credit code"),
+              ("overdue", {"type": "string", "enum": ["0", "1"]}, False, "1: open past their 整改 deadline")))
+def _workorders(api, request):
+    overdue = api.clock.now() if request.param("overdue") == "1" else None
+    return {"workorders": workorders.orders(api.reader, request.param("state") or None,
+                                            request.param("dept") or None, overdue)}
+
+
+@route("GET", "/api/v1/workorders/{rating_id}", READERS, "One work order with its steps and the steps that may "
+       "come next", audit="read_workorder", errors={"404": "no such work order"})
+def _workorder(api, request):
+    return workorders.order(api.reader, _rating_id(request))
+
+
+@route("POST", "/api/v1/workorders/{rating_id}/steps", {"manager"}, "Take the next step of a work order (回访, "
+       "申诉, 复核, 整改, 延期, 整改完成); audited, and sent to the province in order", body=openapi.STEP,
+       errors={"400": "a missing or bad field", "404": "no such work order", "409": "the step may not come now"})
+def _take_step(api, request):
+    body, rating_id, now = _json_body(request), _rating_id(request), api.clock.now()
+    handler, actor = body.get("handler") or request.caller.name[:30], request.caller.name
+    api.writer.call(lambda conn: workorders.take_step(conn, rating_id, body.get("step"), handler, body, now, actor))
+    return workorders.order(api.reader, rating_id)
+
+
+def _rating_id(request: Request) -> int:
+    if not request.args["rating_id"].isdigit():
+        raise NotFound("a work order is named by its 差评's rating id")
+    return int(request.args["rating_id"])
+
 
 def _page(action: str) -> Callable:
     return lambda api, request: getattr(api.pages, action)(request, **request.args)

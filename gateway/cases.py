@@ -87,6 +87,7 @@ def prune(conn: sqlite3.Connection, now: float, operational_days: int, retention
            "AND o.rating_id NOT IN (SELECT rating_id FROM followups WHERE state = 'open')")
     args = {"kept": kept_from, "operational": operational_from, "limits": now - WINDOW_LIMITS_KEPT_S}
     deleted = {
+        "steps": conn.execute(f"DELETE FROM steps WHERE rating_id IN ({old})", args).rowcount,
         "followups": conn.execute(f"DELETE FROM followups WHERE rating_id IN ({old})", args).rowcount,
         "ratings": conn.execute(f"DELETE FROM ratings WHERE id IN ({old})", args).rowcount,
         "already_rated": conn.execute("DELETE FROM already_rated WHERE received_at < :kept", args).rowcount,

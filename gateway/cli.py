@@ -208,3 +208,80 @@ def decode(topic: str, payload: str | None) -> None:
         click.echo(f"rejected: {e}", err=True)
         sys.exit(2)
     click.echo(json.dumps({"hall": hall, "dev": dev, "message": msg}, ensure_ascii=False))
+
+
+@main.group("workorders")
+def workorders_group() -> None:
+    """差评 work orders: list them, show one, take the next step (as the console and the API do)."""
+
+
+@workorders_group.command("list")
+@CONFIG_OPTION
+@click.option("--state", type=click.Choice(["open", "closed"]), help="Only open or closed ones.")
+@click.option("--dept", help="Only this department (its unified social credit code).")
+@click.option("--overdue", is_flag=True, help="Only open ones past their 整改 deadline.")
+def workorders_list(config_path: Path | None, state: str | None, dept: str | None, overdue: bool) -> None:
+    """One JSON line per work order, newest first.
+
+    Example: hcp-gateway workorders list --config gateway.toml --state open --overdue
+    """
+    from gateway import workorders
+
+    config = load_config(config_path)
+    _audit(config, "read_workorders", f"state={state} dept={dept} overdue={overdue}")
+    for order in workorders.orders(open_readonly(config), state, dept, time.time() if overdue else None):
+        click.echo(json.dumps(order, ensure_ascii=False))
+
+
+@workorders_group.command("show")
+@click.argument("rating_id", type=int)
+@CONFIG_OPTION
+def workorders_show(rating_id: int, config_path: Path | None) -> None:
+    """A work order with its steps and what may come next.
+
+    Example: hcp-gateway workorders show 1234 --config gateway.toml
+    """
+    from gateway import workorders
+    from gateway.errors import GatewayError
+
+    config = load_config(config_path)
+    _audit(config, "read_workorder", str(rating_id))
+    try:
+        click.echo(json.dumps(workorders.order(open_readonly(config), rating_id), ensure_ascii=False, indent=1))
+    except GatewayError as e:
+        raise click.ClickException(e.message) from None
+
+
+@workorders_group.command("step")
+@click.argument("rating_id", type=int)
+@click.argument("step", type=click.Choice(["visited", "appealed", "appeal_upheld", "appeal_rejected", "rectifying",
+                                           "extended", "rectified"]))
+@CONFIG_OPTION
+@click.option("--handler", required=True, help="工号 or account of who took the step (the province is told).")
+@click.option("--visit-result", type=click.IntRange(1, 2), help="With visited: 1 reached the citizen, 2 could not.")
+@click.option("--content", help="The appeal's grounds, the reviewer's reasons, the measures taken, or why more time.")
+@click.option("--deadline", help="With rectifying (default: 10 working days from the 差评) or extended: YYYY-MM-DD.")
+def workorders_step(rating_id: int, step: str, config_path: Path | None, handler: str, visit_result: int | None,
+                    content: str | None, deadline: str | None) -> None:
+    """Take the next step of a work order; it goes to the province with the others, in order.
+
+    Example: hcp-gateway workorders step 1234 visited --handler N0321 --visit-result 1 --content "已回访"
+    """
+    from gateway import workorders
+    from gateway.errors import GatewayError
+
+    config = load_config(config_path)
+    fields = {"visit_result": visit_result, "content": content, "deadline": deadline}
+    database = db.connect(Path(config["store.path"]))
+    conn = database.conn
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        taken = workorders.take_step(conn, rating_id, step, handler, fields, time.time(), _actor())
+        conn.execute("COMMIT")
+    except GatewayError as e:
+        raise click.ClickException(e.message) from None
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()
+    click.echo(json.dumps(taken, ensure_ascii=False))

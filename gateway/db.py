@@ -134,6 +134,28 @@ CREATE INDEX window_ratings_recent ON window_ratings(window_no, at);
 -- Pruning looks for ratings forwarded years ago; without this it scans the whole outbox.
 CREATE INDEX outbox_forwarded ON outbox(done_at) WHERE state = 'forwarded';
 """),
+    ("差评 work orders", """
+-- A follow-up is the 差评's work order: assigned to a department, handled in steps (gateway/workorders.py).
+ALTER TABLE followups ADD COLUMN dept_code TEXT;   -- its department: the case's, else the window's
+ALTER TABLE followups ADD COLUMN staff_no TEXT;    -- the staff member the 差评 is about
+ALTER TABLE followups ADD COLUMN last_step TEXT;   -- the step taken last; NULL: none yet
+UPDATE followups SET
+    dept_code = (SELECT coalesce(c.dept_code, d.dept_code) FROM ratings r LEFT JOIN cases c ON c.case_ref = r.case_ref
+                 LEFT JOIN devices d ON d.dev = r.origin WHERE r.id = followups.rating_id),
+    staff_no = (SELECT coalesce(c.staff_no, d.staff_no) FROM ratings r LEFT JOIN cases c ON c.case_ref = r.case_ref
+                LEFT JOIN devices d ON d.dev = r.origin WHERE r.id = followups.rating_id);
+CREATE TABLE steps (                               -- each step of a work order, and its way to the province
+    id INTEGER PRIMARY KEY,
+    rating_id INTEGER NOT NULL REFERENCES followups(rating_id),
+    number INTEGER NOT NULL,                       -- 1, 2, ... within its work order: its stepId
+    step TEXT NOT NULL, at REAL NOT NULL, handler TEXT NOT NULL,
+    visit_result INTEGER, content TEXT, deadline TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',         -- pending | forwarded | dead
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, done_at REAL,
+    UNIQUE (rating_id, number)
+);
+CREATE INDEX steps_pending ON steps(id) WHERE state = 'pending';
+"""),
 ]
 
 

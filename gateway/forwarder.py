@@ -1,4 +1,5 @@
-"""Forwarding stored ratings to the provincial 好差评 system (docs/upstream.md), oldest first, in batches.
+"""Forwarding stored ratings, and then the steps of 差评 work orders, to the provincial 好差评 system
+(docs/upstream.md), oldest first, in batches.
 
 Every record carries a stable evalId, so a retry after a timeout or a crash is harmless (the province answers
 "duplicate"). Failures back off exponentially with full jitter; 429/503 wait as long as Retry-After says. A
@@ -13,6 +14,7 @@ import logging
 import random
 import threading
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -46,6 +48,33 @@ ORDER BY o.rating_id LIMIT ?
 """
 
 
+_PENDING_STEPS = """
+SELECT s.id, s.number, s.step, s.at, s.handler, s.visit_result, s.content, s.deadline, r.origin, r.rid
+FROM steps s JOIN outbox o ON o.rating_id = s.rating_id JOIN ratings r ON r.id = s.rating_id
+WHERE s.state = 'pending' AND o.state = 'forwarded'
+  AND NOT EXISTS (SELECT 1 FROM steps e WHERE e.rating_id = s.rating_id AND e.number < s.number
+                  AND e.state != 'forwarded')
+ORDER BY s.id LIMIT ?
+"""
+
+
+@dataclass(frozen=True)
+class Queue:
+    """What is forwarded where: the province's batch path, the records' idempotency key, and the table (with
+    its key column) whose rows record each one's state."""
+
+    name: str
+    path: str
+    key: str
+    table: str
+    id_column: str
+
+
+RATINGS = Queue("ratings", upstream.BATCH_PATH, "evalId", "outbox", "rating_id")
+# A work order's steps go one at a time (the next once the one before is at the province), after the 差评.
+STEPS = Queue("work-order steps", upstream.WORKORDER_BATCH_PATH, "stepId", "steps", "id")
+
+
 class Forwarder:
     def __init__(self, config: dict, writer: Writer, clock, metrics: CollectorRegistry):
         self.config = config
@@ -71,6 +100,7 @@ class Forwarder:
         self._thread: threading.Thread | None = None
         self._reader = None
         self._cursor = 0  # highest rating id sent since the last rewind
+        self._steps_sent = False  # their results may not be committed yet
 
     def start(self) -> None:
         if not self.enabled:
@@ -109,8 +139,8 @@ class Forwarder:
         the province are both busy.
         """
         items = self._prepare()
-        if items is None:  # caught up: look again from the oldest (retried dead letters), else idle
-            return 0 if self._rewind() else IDLE_POLL_S
+        if items is None:  # caught up: look again from the oldest (retried dead letters), then the steps
+            return 0 if self._rewind() else self._forward_steps()
         while items:
             delay, items = self._send(items, read_ahead=True)
             if delay:
@@ -134,6 +164,20 @@ class Forwarder:
         if unmappable:
             self._settle([], [], unmappable, None, "unmappable", "", 0)
         return items
+
+    def _forward_steps(self) -> float:
+        """The next step of each work order whose 差评 is at the province, in one batch; IDLE_POLL_S if none."""
+        if self._steps_sent:  # the last batch's results first, so no step is read as pending again
+            self.writer.call(lambda conn: None)
+            self._steps_sent = False
+        rows = self._reader.execute(_PENDING_STEPS, (self.config["upstream.batch_size"],)).fetchall()
+        if not rows:
+            return IDLE_POLL_S
+        items = [(row["id"], upstream.step_record(dict(row), upstream.eval_id(self.profile.source, row["origin"],
+                                                                        row["rid"]), self.profile), None)
+                 for row in rows]
+        self._steps_sent = True
+        return self._send(items, queue=STEPS)[0]
 
     def _rewind(self) -> bool:
         """Read from the oldest pending rating again (after a failure, or to find retried dead letters),
@@ -159,99 +203,106 @@ class Forwarder:
                     "staff_no": row["case_staff"], "user_prop": row["user_prop"]}
         return upstream.to_record(rating, case, self.profile)
 
-    def _send(self, items: list[tuple[int, dict]], read_ahead: bool = False) -> tuple[float, list | None]:
-        """Submit one batch; return (delay, the next batch if read ahead). A delay means: failed, back off."""
+    def _send(self, items: list[tuple[int, dict, float | None]], read_ahead: bool = False,
+              queue: Queue = RATINGS) -> tuple[float, list | None]:
+        """Submit one batch of (row id, record, received at); return (delay, the next batch if read ahead). A
+        delay means: failed, back off."""
         body = json.dumps({"dataSource": self.profile.source, "records": [r for _, r, _ in items]},
                           ensure_ascii=False, separators=(",", ":")).encode()
         if len(body) > MAX_BODY and len(items) > 1:
-            return self._send_halves(items), None
+            return self._send_halves(items, queue), None
         started = time.monotonic()
         following = None
         try:
-            self._request(body)
+            self._request(body, queue.path)
             if read_ahead:
                 following = self._prepare()
             response = self._conn.getresponse()
             status, headers, answer = response.status, response.headers, response.read()
         except (OSError, http.client.HTTPException) as e:
             self._close()
-            return self._failed(items, None, f"{type(e).__name__}: {e}", (time.monotonic() - started) * 1000), None
+            return self._failed(items, None, f"{type(e).__name__}: {e}", (time.monotonic() - started) * 1000,
+                                queue), None
         took = (time.monotonic() - started) * 1000
         self.request_seconds.observe(took / 1000)
         if status == 200:
-            return self._accepted(items, answer, took), following
+            return self._accepted(items, answer, took, queue), following
         if status in (429, 503):
             wait = _retry_after(headers, self.config["upstream.backoff_max_s"])
-            backoff = self._failed(items, status, f"busy, retry after {wait} s", took)
+            backoff = self._failed(items, status, f"busy, retry after {wait} s", took, queue)
             return (wait if wait is not None else backoff), None
         if status in (400, 413):
             if len(items) > 1:  # the envelope is refused as a whole: find the record that breaks it
-                return self._send_halves(items), following
-            self._settle([], [], [(items[0][0], f"HTTP {status}: {answer[:300]!r}")], status, "dead", "", took)
+                return self._send_halves(items, queue), following
+            self._settle([], [], [(items[0][0], f"HTTP {status}: {answer[:300]!r}")], status, "dead", "", took,
+                         queue)
             return 0, following
         # 401/403/404, other 4xx and 5xx: a setting or the province is wrong, not the records; keep them.
-        return self._failed(items, status, f"HTTP {status}: {answer[:300]!r}", took), None
+        return self._failed(items, status, f"HTTP {status}: {answer[:300]!r}", took, queue), None
 
-    def _send_halves(self, items) -> float:
+    def _send_halves(self, items, queue: Queue) -> float:
         half = len(items) // 2
-        return self._send(items[:half])[0] or self._send(items[half:])[0]
+        return self._send(items[:half], queue=queue)[0] or self._send(items[half:], queue=queue)[0]
 
-    def _request(self, body: bytes) -> None:
+    def _request(self, body: bytes, path: str) -> None:
         if self._conn is None:
             make = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             self._conn = make(self._host, self._port, timeout=self.config["upstream.timeout_s"])
         headers = {"Content-Type": "application/json", **upstream.auth_headers(
             self.config["upstream.app_key"], self.config["upstream.app_secret"], body, self.clock.now())}
-        self._conn.request("POST", self._base + upstream.BATCH_PATH, body=body, headers=headers)
+        self._conn.request("POST", self._base + path, body=body, headers=headers)
 
     def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    def _accepted(self, items, answer: bytes, took: float) -> float:
+    def _accepted(self, items, answer: bytes, took: float, queue: Queue) -> float:
         try:
             results = json.loads(answer)["results"]
-            by_id = {r["evalId"]: r for r in results}
+            by_id = {r[queue.key]: r for r in results}
         except (ValueError, KeyError, TypeError):
-            return self._failed(items, 200, f"unreadable answer: {answer[:300]!r}", took)
+            return self._failed(items, 200, f"unreadable answer: {answer[:300]!r}", took, queue)
         done, duplicate, dead, missing = [], [], [], []
         now = self.clock.now()
         for rating_id, record, received_at in items:
-            result = by_id.get(record["evalId"])
+            result = by_id.get(record[queue.key])
             status = result.get("status") if result else None
             if status == "accepted":
                 done.append(rating_id)
-                self.latency.observe(max(0.0, now - received_at))
+                if received_at is not None:
+                    self.latency.observe(max(0.0, now - received_at))
             elif status == "duplicate":
                 duplicate.append(rating_id)
             elif status == "rejected":
                 dead.append((rating_id, f"{result.get('error')}: {result.get('message', '')}"[:500]))
             else:
                 missing.append(rating_id)
-        self._settle(done, duplicate, dead, 200, "ok", "" if not missing else f"{len(missing)} without result", took)
+        self._settle(done, duplicate, dead, 200, "ok", "" if not missing else f"{len(missing)} without result", took,
+                     queue)
         self.failures = 0
         return self._backoff() if missing else 0
 
-    def _failed(self, items, status: int | None, detail: str, took: float) -> float:
+    def _failed(self, items, status: int | None, detail: str, took: float, queue: Queue) -> float:
         self.last_error = detail
         self.results["failures"].inc()
-        log.warning("forwarding %d ratings failed: %s", len(items), detail)
+        log.warning("forwarding %d %s failed: %s", len(items), queue.name, detail)
         ids = [rating_id for rating_id, _, _ in items]
         now = self.clock.now()
-        self.writer.submit(lambda conn: _record_failure(conn, ids, now, status, detail, took))
+        self.writer.submit(lambda conn: _record_failure(conn, queue, ids, now, status, detail, took))
         self.failures += 1
         return self._backoff()
 
-    def _settle(self, done, duplicate, dead, status, outcome, detail, took) -> None:
+    def _settle(self, done, duplicate, dead, status, outcome, detail, took, queue: Queue = RATINGS) -> None:
         now = self.clock.now()
+        table, key = queue.table, queue.id_column
 
         def run(conn):
             forwarded = [(now, i) for i in done + duplicate]
-            conn.executemany("UPDATE outbox SET state = 'forwarded', attempts = attempts + 1, done_at = ? "
-                             "WHERE rating_id = ?", forwarded)
-            conn.executemany("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, done_at = ? "
-                             "WHERE rating_id = ?", [(why, now, i) for i, why in dead])
+            conn.executemany(f"UPDATE {table} SET state = 'forwarded', attempts = attempts + 1, done_at = ? "
+                             f"WHERE {key} = ?", forwarded)
+            conn.executemany(f"UPDATE {table} SET state = 'dead', attempts = attempts + 1, last_error = ?, "
+                             f"done_at = ? WHERE {key} = ?", [(why, now, i) for i, why in dead])
             conn.execute("INSERT INTO forward_attempts (at, records, http_status, outcome, detail, duration_ms) "
                          "VALUES (?, ?, ?, ?, ?, ?)", (now, len(forwarded) + len(dead), status, outcome, detail, took))
 
@@ -260,16 +311,16 @@ class Forwarder:
         self.results["forwarded"].inc(len(done))
         self.results["duplicate"].inc(len(duplicate))
         self.results["dead"].inc(len(dead))
-        for rating_id, why in dead:
-            log.error("rating %d is a dead letter: %s", rating_id, why)
+        for row_id, why in dead:
+            log.error("%s %d is a dead letter: %s", queue.name, row_id, why)
 
     def _backoff(self) -> float:
         base, cap = self.config["upstream.backoff_base_s"], self.config["upstream.backoff_max_s"]
         return random.uniform(0, min(cap, base * 2 ** min(self.failures, 30)))
 
 
-def _record_failure(conn, ids, now, status, detail, took) -> None:
-    conn.executemany("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE rating_id = ?",
+def _record_failure(conn, queue: Queue, ids, now, status, detail, took) -> None:
+    conn.executemany(f"UPDATE {queue.table} SET attempts = attempts + 1, last_error = ? WHERE {queue.id_column} = ?",
                      [(detail[:500], i) for i in ids])
     conn.execute("INSERT INTO forward_attempts (at, records, http_status, outcome, detail, duration_ms) "
                  "VALUES (?, ?, ?, 'failed', ?, ?)", (now, len(ids), status, detail[:500], took))

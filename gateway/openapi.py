@@ -24,6 +24,15 @@ DEVICE = {"type": "object", "properties": {"window_no": _TEXT, "dept_code": _TEX
                                            "staff_no": _TEXT}}
 CONFIG = {"type": "object", "description": "protocol kind config: staff, texts, timeouts, press policy, reasons "
                                            "(protocol/PROTOCOL.md)"}
+STEP = {"type": "object", "required": ["step"], "properties": {
+    "step": {"type": "string", "enum": ["visited", "appealed", "appeal_upheld", "appeal_rejected", "rectifying",
+                                       "extended", "rectified"]},
+    "handler": {"type": "string", "maxLength": 30, "description": "工号 or account of who took it; default: the "
+                                                                  "key's name"},
+    "visit_result": {"type": "integer", "enum": [1, 2], "description": "with visited: 1 reached, 2 not reached"},
+    "content": {"type": "string", "maxLength": 500, "description": "grounds, reasons, measures or why more time"},
+    "deadline": {"type": "string", "format": "date", "description": "with rectifying (default: 10 working days "
+                                                                    "from the 差评) and extended"}}}
 STANDARD_ERRORS = {"401": "no valid API key", "403": "the key lacks the role", "429": "over the key's rate"}
 
 

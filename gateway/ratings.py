@@ -83,9 +83,12 @@ def store_many(conn: sqlite3.Connection, batch: list[dict], calendar: WorkCalend
            for r, outcome in zip(batch, outcomes)
            if outcome == STORED and r["level"] in BAD_LEVELS and r["channel"] != "default"]
     if bad:
-        conn.execute("INSERT INTO followups (rating_id, opened_at, deadline) "
-                     "SELECT r.id, r.received_at, j.value ->> 'deadline' FROM json_each(?) j "
-                     "JOIN ratings r ON r.origin = j.value ->> 'origin' AND r.rid = j.value ->> 'rid'",
+        # Its work order, assigned to the case's department (else the window's) and about its staff member.
+        conn.execute("INSERT INTO followups (rating_id, opened_at, deadline, dept_code, staff_no) "
+                     "SELECT r.id, r.received_at, j.value ->> 'deadline', coalesce(c.dept_code, d.dept_code), "
+                     "coalesce(c.staff_no, d.staff_no) FROM json_each(?) j "
+                     "JOIN ratings r ON r.origin = j.value ->> 'origin' AND r.rid = j.value ->> 'rid' "
+                     "LEFT JOIN cases c ON c.case_ref = r.case_ref LEFT JOIN devices d ON d.dev = r.origin",
                      (json.dumps(bad),))
     return outcomes
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from gateway import db
+from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.store")
 
@@ -140,8 +141,10 @@ class Writer:
         if results is None:
             if len(batch) == 1:
                 return
-            for job in batch:  # isolate the job that failed
-                self._transaction([job])
+            for job in batch:  # isolate the job that failed; the others still get their results
+                alone = self._transaction([job])
+                if alone is not None:
+                    self._finish(job, alone[0])
             return
         for job, result in zip(batch, results):
             self._finish(job, result)
@@ -161,7 +164,8 @@ class Writer:
             if len(batch) > 1:
                 return None
             error = self._translate(e)
-            log.error("write failed: %s", error)
+            if not isinstance(error, GatewayError):  # a refusal is the caller's to report, not a failure
+                log.error("write failed: %s", error)
             self._finish(batch[0], error)
             return None
 

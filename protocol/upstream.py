@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -134,3 +135,75 @@ def auth_headers(app_key: str, app_secret: str, body: bytes, now_s: float) -> di
     nonce = secrets.token_hex(16)
     return {"X-App-Key": app_key, "X-Timestamp": timestamp, "X-Nonce": nonce,
             "X-Signature": signature(app_secret, app_key, timestamp, nonce, body)}
+
+
+# ---- 差评 work orders (docs/upstream.md, "差评 work orders") ----
+
+WORKORDER_BATCH_PATH = "/api/hcp/v1/workorders/batch"
+WORKORDER_PATH = "/api/hcp/v1/workorders/"
+# Each step and the steps it may follow (None: it may be a work order's first step).
+STEP_FOLLOWS = {
+    "visited": {None},
+    "appealed": {None, "visited"},
+    "appeal_upheld": {"appealed"},
+    "appeal_rejected": {"appealed"},
+    "rectifying": {"visited", "appeal_rejected"},
+    "extended": {"rectifying", "extended"},
+    "rectified": {"rectifying", "extended"},
+}
+FINAL_STEPS = ("appeal_upheld", "rectified")  # nothing may follow them
+NEEDS_CONTENT = ("appealed", "appeal_upheld", "appeal_rejected", "rectified", "extended")
+NEEDS_DEADLINE = ("rectifying", "extended")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def allowed_after(last: str | None) -> list[str]:
+    """The steps that may follow `last` (None: a work order with no step yet), in the table's order."""
+    return [step for step, follows in STEP_FOLLOWS.items() if last in follows]
+
+
+def step_id(eval_id: str, number: int) -> str:
+    """A step's idempotency key: its 差评's evalId and its place in the work order (at most 59 + 3 characters)."""
+    return f"{eval_id}-{number}"
+
+
+def step_record(step: dict, eval_id: str, profile: Profile) -> dict:
+    """A stored step (gateway/workorders.py) as the province's step record."""
+    record = {"stepId": step_id(eval_id, step["number"]), "evalId": eval_id, "step": step["step"],
+              "stepTime": profile.assess_time(int(step["at"])), "handler": step["handler"]}
+    for name, key in (("visit_result", "visitResult"), ("content", "content"), ("deadline", "deadline")):
+        if step.get(name) is not None:
+            record[key] = step[name]
+    return record
+
+
+def step_problem(record: dict) -> tuple[str, str] | None:
+    """What is wrong with a step record's own fields, as (error code, message); None if nothing. The order of
+    steps (E202) and whether the 差评 exists (E201) are for whoever holds the work order to judge."""
+    for name in ("stepId", "evalId", "step", "stepTime", "handler"):
+        if not isinstance(record.get(name), str) or not record[name]:
+            return "E101", f"{name} is required"
+    step = record["step"]
+    if step not in STEP_FOLLOWS:
+        return "E102", f"step must be one of {', '.join(STEP_FOLLOWS)}"
+    if len(record["stepId"]) > 64 or not re.fullmatch(r"[A-Za-z0-9_-]+", record["stepId"]):
+        return "E102", "stepId: 1-64 of A-Z a-z 0-9 _ -"
+    if len(record["handler"]) > 30:
+        return "E102", "handler: at most 30 characters"
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", record["stepTime"]):
+        return "E102", "stepTime must be yyyy-MM-dd HH:mm:ss"
+    if step == "visited" and record.get("visitResult") not in (1, 2):
+        return ("E101" if record.get("visitResult") is None else "E102"), "visitResult: 1 reached, 2 not reached"
+    if step in NEEDS_CONTENT:
+        content = record.get("content")
+        if content is None:
+            return "E101", f"content is required with {step}"
+        if not isinstance(content, str) or not 1 <= len(content) <= 500:
+            return "E102", "content: 1-500 characters"
+    if step in NEEDS_DEADLINE:
+        deadline = record.get("deadline")
+        if deadline is None:
+            return "E101", f"deadline is required with {step}"
+        if not isinstance(deadline, str) or not _DATE.match(deadline):
+            return "E102", "deadline must be yyyy-MM-dd"
+    return None

@@ -64,6 +64,8 @@ class Province:
                          "assessNumber INTEGER, record TEXT NOT NULL, stored_at REAL NOT NULL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS records_first ON records(projectNo) "
                          "WHERE assessNumber = 1 AND projectNo IS NOT NULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS steps (stepId TEXT PRIMARY KEY, evalId TEXT NOT NULL, "
+                         "step TEXT NOT NULL, record TEXT NOT NULL, stored_at REAL NOT NULL)")
         self.host, self.port = host, port
         self._server: ThreadingHTTPServer | None = None
         self._connections: set = set()  # open client connections, cut by down()
@@ -120,6 +122,13 @@ class Province:
             return self._db.execute("SELECT evalId, projectNo, record ->> 'pf', record ->> 'satisfaction', "
                                     "stored_at FROM records ORDER BY rowid").fetchall()
 
+    def steps(self, eval_id: str | None = None) -> list[dict]:
+        """Stored work-order steps (of one 差评, or all), oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT record FROM steps WHERE ? IS NULL OR evalId = ? ORDER BY rowid",
+                                    (eval_id, eval_id)).fetchall()
+        return [json.loads(r) for (r,) in rows]
+
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM records").fetchone()[0]
@@ -175,6 +184,42 @@ class Province:
                              (now, json.dumps(rows, ensure_ascii=False, separators=(",", ":"))))
             self._db.execute("COMMIT")
         return results
+
+    def submit_steps(self, records: list) -> list[dict]:
+        """Validate and store a batch of work-order steps, in request order; one result per record."""
+        results = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            for record in records:
+                result = self._judge_step(record)
+                if result["status"] == "accepted":
+                    self._db.execute("INSERT INTO steps VALUES (?, ?, ?, ?, ?)",
+                                     (record["stepId"], record["evalId"], record["step"],
+                                      json.dumps(record, ensure_ascii=False), self.clock()))
+                results.append(result)
+            self._db.execute("COMMIT")
+        return results
+
+    def _judge_step(self, record) -> dict:
+        step_id = record.get("stepId") if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            return {"stepId": None, "status": "rejected", "error": "E101", "message": "record is not an object"}
+        if self._db.execute("SELECT 1 FROM steps WHERE stepId = ?", (step_id,)).fetchone():
+            return {"stepId": step_id, "status": "duplicate"}
+        error = upstream.step_problem(record)
+        if error is None:
+            bad = self._db.execute("SELECT 1 FROM records WHERE evalId = ? AND record ->> 'satisfaction' <= 2 "
+                                   "AND record ->> 'isDefault' = 0", (record["evalId"],)).fetchone()
+            if bad is None:
+                error = ("E201", "the evalId is not a stored 差评")
+        if error is None:
+            last = self._db.execute("SELECT step FROM steps WHERE evalId = ? ORDER BY rowid DESC LIMIT 1",
+                                    (record["evalId"],)).fetchone()
+            if (last[0] if last else None) not in upstream.STEP_FOLLOWS[record["step"]]:
+                error = ("E202", f"{record['step']} may not follow {last[0] if last else 'nothing'}")
+        if error:
+            return {"stepId": step_id, "status": "rejected", "error": error[0], "message": error[1]}
+        return {"stepId": step_id, "status": "accepted"}
 
     def _present(self, sql: str, values: list) -> set:
         return {v for (v,) in self._db.execute(sql, (json.dumps(values),))} if values else set()
@@ -263,7 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
             except (ValueError, TypeError) as e:
                 return self._json(400, {"code": 400, "message": str(e)})
             return self._json(200, vars(p.faults))
-        if self.path != upstream.BATCH_PATH:
+        if self.path not in (upstream.BATCH_PATH, upstream.WORKORDER_BATCH_PATH):
             return self._json(404, {"code": 404, "message": "no such path"})
         p.requests += 1
         f = p.faults
@@ -286,7 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
         failing = random.random() < f.error_rate
         if failing and random.random() < 0.5:
             return self._json(500, {"code": 500, "message": "internal error"})
-        results = p.submit(records)
+        results = p.submit(records) if self.path == upstream.BATCH_PATH else p.submit_steps(records)
         if failing:  # stored, but the answer never says so
             return self._json(500, {"code": 500, "message": "internal error"})
         if random.random() < f.timeout_rate:
@@ -305,6 +350,11 @@ class _Handler(BaseHTTPRequestHandler):
             if found is None:
                 return self._json(404, {"code": 404, "message": "no such evaluation"})
             return self._json(200, {"code": 0, "record": found})
+        if self.path.startswith(upstream.WORKORDER_PATH):
+            why = p.authenticate(self.headers, b"")
+            if why:
+                return self._json(401, {"code": 401, "message": why})
+            return self._json(200, {"code": 0, "steps": p.steps(self.path[len(upstream.WORKORDER_PATH):])})
         self._json(404, {"code": 404, "message": "no such path"})
 
     def _json(self, status: int, body: dict, headers: dict | None = None) -> None:

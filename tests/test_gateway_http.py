@@ -22,6 +22,11 @@ KEYS = [key_entry(EVERYONE, ROLES, "all")]
 def test_every_route_is_documented_and_every_documented_route_answers(gateway_factory):
     gateway = gateway_factory(**{"api.keys": KEYS})
     register_device(gateway.writer, "W01", window_no="A01")
+    from gateway import ratings
+
+    choice = {"level": "dissatisfied", "public": True, "reasons": ["502"], "comment": ""}
+    gateway.writer.call(lambda conn: ratings.store(conn, ratings.from_page("W01", None, choice, 0), gateway.calendar,
+                                                   10))  # a 差评, so a work order
     status, answer = call(gateway, "GET", "/api/v1/openapi.json", key=EVERYONE)
     assert status == 200
     documented = {(method.upper(), path): operation for path, operations in json.loads(answer)["paths"].items()
@@ -33,11 +38,13 @@ def test_every_route_is_documented_and_every_documented_route_answers(gateway_fa
         assert operation["x-roles"] == sorted(table[key].roles), key
 
     bodies = {"/api/v1/cases": case_body(project_no="C1"), "/api/v1/devices/{dev}": {"window_no": "A01"},
-              "/api/v1/devices/{dev}/config": {"bright": 50}}
+              "/api/v1/devices/{dev}/config": {"bright": 50},
+              "/api/v1/workorders/{rating_id}/steps": {"step": "visited", "visit_result": 1}}
     queries = {"/api/v1/ratings": "?from=2026-11-01&to=2026-11-30", "/api/v1/audit": "?since=0"}
     last = ("POST", "/api/v1/devices/{dev}/revoke")  # after it the device takes no more changes
     for method, path in sorted(documented, key=lambda k: (k == last, k[0] == "POST" and "cancel" in k[1])):
-        concrete = path.replace("{case_ref}", "C1").replace("{dev}", "W01") + queries.get(path, "")
+        concrete = path.replace("{case_ref}", "C1").replace("{dev}", "W01").replace("{rating_id}", "1")
+        concrete += queries.get(path, "")
         status, answer = call(gateway, method, concrete, bodies.get(path), key=EVERYONE)
         assert status == 200, (method, path, answer)
     # A path the table does not have, and a method it does not take there

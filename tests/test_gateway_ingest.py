@@ -102,3 +102,24 @@ def test_storage_quota_stops_acks_and_nothing_is_lost(gateway_factory, tmp_path,
     wait_until(device.all_acked, what="acks once there is room")
     assert device.acked == ids
     assert rows(gateway, "SELECT count(*) FROM ratings") == [(20,)]
+
+
+def test_a_job_that_fails_in_a_batch_does_not_silence_the_others(tmp_path):
+    """The batch is retried a job at a time: the good jobs still commit and hear their results."""
+    import threading
+
+    from gateway.store import Writer
+
+    writer = Writer(tmp_path / "gateway.db").start()
+    try:
+        release, results = threading.Event(), {}
+        writer.submit(lambda conn: release.wait(10))  # holds the writer while the next two queue up together
+        writer.submit(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"),
+                      lambda result: results.setdefault("bad", result))
+        writer.submit(lambda conn: conn.execute("INSERT INTO audit (at, actor, action) VALUES (1, 't', 'a')").rowcount,
+                      lambda result: results.setdefault("good", result))
+        release.set()
+        assert writer.call(lambda conn: conn.execute("SELECT count(*) FROM audit").fetchone()[0]) == 1
+        assert results["good"] == 1 and isinstance(results["bad"], Exception)
+    finally:
+        writer.stop()

@@ -1,0 +1,118 @@
+"""差评 work orders (policy art. 11-13): every first 差评 opens one (gateway/ratings.py), assigned to its
+department; the hall handles it in steps (回访, 申诉, 复核, 整改, 延期, 整改完成), each checked against the
+order the province accepts (protocol/upstream.py STEP_FOLLOWS), audited, and queued for the province.
+
+A work order is a `followups` row; its steps are `steps` rows, numbered within it. The forwarder sends a step
+only once the 差评 itself is at the province, and each work order's steps one after another, in order.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+
+from gateway import audit
+from gateway.errors import Conflict, InvalidInput, NotFound
+from gateway.workdays import CHINA
+from protocol import upstream
+
+STEP_NAMES = {"visited": "回访", "appealed": "申诉", "appeal_upheld": "申诉成立", "appeal_rejected": "申诉驳回",
+              "rectifying": "整改", "extended": "整改延期", "rectified": "整改完成"}
+APPEAL_DECISIONS = ("appeal_upheld", "appeal_rejected")
+_FIELDS = {"visitResult": "visit_result", "content": "content", "deadline": "deadline", "handler": "handler"}
+
+_ORDER = """
+SELECT f.rating_id, f.opened_at, f.deadline, f.state, f.last_step, f.dept_code, f.staff_no,
+       r.level, r.channel, r.case_ref, r.reasons, r.assessed_at, coalesce(c.window_no, d.window_no) AS window_no
+FROM followups f JOIN ratings r ON r.id = f.rating_id
+LEFT JOIN cases c ON c.case_ref = r.case_ref LEFT JOIN devices d ON d.dev = r.origin
+"""
+
+
+def take_step(conn: sqlite3.Connection, rating_id: int, step: str, handler: str, fields: dict, now: float,
+              actor: str) -> dict:
+    """Record the next step of a work order, taken by `handler` (the 工号 or account the province is told) and
+    audited as `actor` (who made the call), in the caller's transaction. InvalidInput for a bad field, NotFound
+    for no such work order, Conflict for a step that may not follow the last one (or an appeal decided by its
+    own appellant)."""
+    order = conn.execute("SELECT state, last_step, deadline FROM followups WHERE rating_id = ?",
+                         (rating_id,)).fetchone()
+    if order is None:
+        raise NotFound(f"no work order for rating {rating_id}")
+    if step not in upstream.STEP_FOLLOWS:
+        raise InvalidInput(f"step must be one of {', '.join(upstream.STEP_FOLLOWS)}", "step")
+    if order["last_step"] not in upstream.STEP_FOLLOWS[step]:
+        allowed = upstream.allowed_after(order["last_step"])
+        after = f"after {order['last_step']}" if order["last_step"] else "as the first step"
+        raise Conflict(f"{step} may not come {after}; allowed: {', '.join(allowed) or 'nothing (closed)'}", "step")
+    if step in APPEAL_DECISIONS:
+        appellant = conn.execute("SELECT handler FROM steps WHERE rating_id = ? AND step = 'appealed' "
+                                 "ORDER BY number DESC LIMIT 1", (rating_id,)).fetchone()["handler"]
+        if appellant == handler:
+            raise Conflict("an appeal is decided by a manager other than its appellant", "handler")
+    values = _step_fields(step, handler, fields, order["deadline"], now)
+    number = conn.execute("SELECT coalesce(max(number), 0) + 1 FROM steps WHERE rating_id = ?",
+                          (rating_id,)).fetchone()[0]
+    conn.execute("INSERT INTO steps (rating_id, number, step, at, handler, visit_result, content, deadline) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (rating_id, number, step, now, handler, values["visit_result"],
+                                                     values["content"], values["deadline"]))
+    closed = step in upstream.FINAL_STEPS
+    conn.execute("UPDATE followups SET last_step = ?, state = CASE WHEN ? THEN 'closed' ELSE state END "
+                 "WHERE rating_id = ?", (step, closed, rating_id))
+    audit.append(conn, now, actor, f"workorder_{step}",
+                 f"rating {rating_id} step {number}" + "".join(f" {k}={v}" for k, v in values.items() if v))
+    return {"rating_id": rating_id, "number": number, "step": step, **values}
+
+
+def _step_fields(step: str, handler: str, fields: dict, rectify_by: float | None, now: float) -> dict:
+    """The step's own fields, checked as the province checks them; the 整改 deadline defaults to the work
+    order's (10 working days from the 差评)."""
+    deadline = fields.get("deadline")
+    if step == "rectifying" and deadline is None and rectify_by is not None:
+        deadline = dt.datetime.fromtimestamp(rectify_by - 1, CHINA).date().isoformat()  # its last working day
+    values = {"visit_result": fields.get("visit_result"), "content": fields.get("content"), "deadline": deadline}
+    if not isinstance(handler, str) or not handler:
+        raise InvalidInput("handler: the 工号 or account of who took the step", "handler")
+    record = {"stepId": "x", "evalId": "x", "step": step, "stepTime": "2000-01-01 00:00:00", "handler": handler,
+              "visitResult": values["visit_result"], "content": values["content"], "deadline": deadline}
+    problem = upstream.step_problem({k: v for k, v in record.items() if v is not None})
+    if problem:  # the message starts with the record's field name
+        named = problem[1].replace(":", " ").split(" ")[0]
+        raise InvalidInput(problem[1], _FIELDS.get(named))
+    if deadline is not None and step in upstream.NEEDS_DEADLINE:
+        if dt.date.fromisoformat(deadline) < dt.datetime.fromtimestamp(now, CHINA).date():
+            raise InvalidInput("deadline: not in the past", "deadline")
+    return values
+
+
+def orders(reader, state: str | None = None, dept_code: str | None = None, overdue_at: float | None = None,
+           limit: int = 500) -> list[dict]:
+    """Work orders, newest first: of a state (open, closed), a department, or overdue at a time."""
+    where, args = [], []
+    if state:
+        where.append("f.state = ?")
+        args.append(state)
+    if dept_code:
+        where.append("f.dept_code = ?")
+        args.append(dept_code)
+    if overdue_at is not None:
+        where.append("f.state = 'open' AND f.deadline < ?")
+        args.append(overdue_at)
+    sql = _ORDER + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY f.rating_id DESC LIMIT ?"
+    return [_order(row) for row in reader.execute(sql, (*args, limit))]
+
+
+def order(reader, rating_id: int) -> dict:
+    """One work order with its steps, oldest first."""
+    row = reader.execute(_ORDER + " WHERE f.rating_id = ?", (rating_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no work order for rating {rating_id}")
+    steps = reader.execute("SELECT number, step, at, handler, visit_result, content, deadline, state, last_error "
+                           "FROM steps WHERE rating_id = ? ORDER BY number", (rating_id,))
+    return {**_order(row), "steps": [{**dict(s), "step_name": STEP_NAMES[s["step"]]} for s in steps]}
+
+
+def _order(row) -> dict:
+    order = dict(row)
+    order["reasons"] = row["reasons"].split(",") if row["reasons"] else []
+    order["next_steps"] = upstream.allowed_after(row["last_step"]) if row["state"] == "open" else []
+    return order

@@ -1,0 +1,143 @@
+"""差评 work orders: opened by every first 差评, handled in steps the province accepts in order, audited, and
+forwarded exactly once and in order after the 差评 itself, whatever the province does meanwhile."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway import settings
+from gateway.access import key_entry
+from protocol import upstream
+from tests.helpers import DEPT, register_device, wait_until
+from tests.test_cases_api import call
+from tests.test_gateway_cli import run_cli
+
+MANAGER, OTHER_MANAGER, WINDOW = "manager-key-0123456789", "manager-key-9876543210", "window-key-0123456789"
+KEYS = [key_entry(MANAGER, ["manager"], "mgr1"), key_entry(OTHER_MANAGER, ["manager"], "mgr2"),
+        key_entry(WINDOW, ["window"], "erp")]
+
+
+@pytest.fixture
+def hall(gateway_factory, province, wire_device):
+    """A gateway forwarding to the strict simulated province, and a registered evaluator at window A07."""
+    gateway = gateway_factory(province.url, **{"api.keys": KEYS})
+    register_device(gateway.writer, "W01", window_no="A07")
+    return gateway, province, wire_device("W01")
+
+
+def bad_rating(gateway, device) -> int:
+    """A 差评 pressed on the evaluator; its work order's id (the rating's)."""
+    device.press("very_dissatisfied", reasons=["501"])
+    wait_until(device.all_acked, 10, "the 差评 acked")
+    return gateway.reader.execute("SELECT rating_id FROM followups ORDER BY rating_id DESC").fetchone()[0]
+
+
+def step(gateway, rating_id: int, body: dict, key: str = MANAGER):
+    status, answer = call(gateway, "POST", f"/api/v1/workorders/{rating_id}/steps", body, key=key)
+    return status, json.loads(answer)
+
+
+def test_a_work_order_from_the_bad_rating_to_rectified_reaches_the_province_in_order(hall):
+    gateway, province, device = hall
+    device.press("satisfied")  # no work order for a 好评
+    rating_id = bad_rating(gateway, device)
+    status, order = call(gateway, "GET", f"/api/v1/workorders/{rating_id}", key=MANAGER)
+    order = json.loads(order)
+    assert status == 200 and (order["state"], order["dept_code"], order["window_no"]) == ("open", DEPT, "A07")
+    assert order["next_steps"] == ["visited", "appealed"]
+    assert step(gateway, rating_id, {"step": "visited", "visit_result": 1, "content": "已电话回访,核实情况"})[0] == 200
+    status, order = step(gateway, rating_id, {"step": "rectifying"})
+    assert status == 200 and order["steps"][-1]["deadline"]  # 10 working days from the 差评 by default
+    extended = {"step": "extended", "content": "需协调不动产中心", "deadline": "2099-12-31"}
+    assert step(gateway, rating_id, extended)[0] == 200
+    status, order = step(gateway, rating_id, {"step": "rectified", "content": "已优化材料清单,一次告知"})
+    assert status == 200 and order["state"] == "closed" and order["next_steps"] == []
+
+    eval_id = upstream.eval_id("361102", "W01", gateway.reader.execute(
+        "SELECT rid FROM ratings WHERE id = ?", (rating_id,)).fetchone()[0])
+    wait_until(lambda: len(province.steps(eval_id)) == 4, 20, "the four steps at the province")
+    held = province.steps(eval_id)
+    assert [s["step"] for s in held] == ["visited", "rectifying", "extended", "rectified"]
+    assert [s["stepId"] for s in held] == [f"{eval_id}-{n}" for n in (1, 2, 3, 4)]
+    assert held[0]["visitResult"] == 1 and held[0]["handler"] == "mgr1"
+    actions = [r["action"] for r in gateway.reader.execute("SELECT action FROM audit WHERE action LIKE 'workorder_%'")]
+    assert actions == ["workorder_visited", "workorder_rectifying", "workorder_extended", "workorder_rectified"]
+
+
+def test_illegal_steps_and_bad_fields_are_refused_and_change_nothing(hall):
+    gateway, _, device = hall
+    rating_id = bad_rating(gateway, device)
+    refusals = [
+        ({"step": "rectified", "content": "x"}, 409),  # not as a first step
+        ({"step": "appeal_upheld", "content": "x"}, 409),  # no appeal to decide
+        ({"step": "extended", "content": "x", "deadline": "2099-01-01"}, 409),
+        ({"step": "sent_flowers"}, 400),
+        ({"step": "visited"}, 400),  # no visit_result
+        ({"step": "visited", "visit_result": 3}, 400),
+        ({"step": "appealed"}, 400),  # no grounds
+        ({"step": "appealed", "content": "长" * 501}, 400),
+        ({"step": "visited", "visit_result": 1, "handler": "h" * 31}, 400),
+    ]
+    for body, expected in refusals:
+        status, answer = step(gateway, rating_id, body)
+        assert status == expected and answer["error"], (body, answer)
+    assert call(gateway, "POST", "/api/v1/workorders/999999/steps", {"step": "visited", "visit_result": 1},
+                key=MANAGER)[0] == 404
+    assert gateway.reader.execute("SELECT count(*) FROM steps").fetchone()[0] == 0
+    assert step(gateway, rating_id, {"step": "visited", "visit_result": 2})[0] == 200
+    assert step(gateway, rating_id, {"step": "rectifying", "deadline": "2000-01-01"})[0] == 400  # in the past
+    assert step(gateway, rating_id, {"step": "visited", "visit_result": 1})[0] == 409  # not twice
+    assert gateway.reader.execute("SELECT count(*) FROM steps").fetchone()[0] == 1
+
+
+def test_an_appeal_is_decided_by_another_manager_and_the_window_sees_no_work_orders(hall):
+    gateway, province, device = hall
+    rating_id = bad_rating(gateway, device)
+    assert step(gateway, rating_id, {"step": "appealed", "content": "评价人误按,有录像为证"})[0] == 200
+    status, answer = step(gateway, rating_id, {"step": "appeal_upheld", "content": "核实属实"})
+    assert status == 409 and "other than its appellant" in answer["error"]
+    status, order = step(gateway, rating_id, {"step": "appeal_upheld", "content": "核实属实"}, key=OTHER_MANAGER)
+    assert status == 200 and order["state"] == "closed"
+    assert call(gateway, "GET", "/api/v1/workorders", key=WINDOW)[0] == 403
+    assert call(gateway, "POST", f"/api/v1/workorders/{rating_id}/steps", {"step": "visited"}, key=WINDOW)[0] == 403
+    status, listed = call(gateway, "GET", "/api/v1/workorders?state=closed", key=MANAGER)
+    assert [o["rating_id"] for o in json.loads(listed)["workorders"]] == [rating_id]
+    wait_until(lambda: [s["step"] for s in province.steps()] == ["appealed", "appeal_upheld"], 20,
+               "the appeal and its decision at the province")
+
+
+def test_steps_arrive_once_and_in_order_through_province_faults(hall):
+    gateway, province, device = hall
+    province.faults.update({"error_rate": 0.5})  # half the answers are 5xx, stored or not
+    orders = [bad_rating(gateway, device) for _ in range(3)]
+    for rating_id in orders:
+        for body in ({"step": "visited", "visit_result": 1}, {"step": "rectifying"},
+                     {"step": "rectified", "content": "已整改"}):
+            assert step(gateway, rating_id, body)[0] == 200
+    wait_until(lambda: len(province.steps()) == 9, 60, "every step at the province")
+    province.faults.update({"error_rate": 0.0})
+    by_order: dict = {}
+    for held in province.steps():
+        by_order.setdefault(held["evalId"], []).append(held["step"])
+    assert list(by_order.values()) == [["visited", "rectifying", "rectified"]] * 3
+    assert len({s["stepId"] for s in province.steps()}) == 9
+    wait_until(lambda: gateway.reader.execute("SELECT count(*) FROM steps WHERE state = 'forwarded'").fetchone()[0]
+               == 9, 20, "every step settled as forwarded")
+
+
+def test_the_command_line_lists_shows_and_takes_steps(hall, tmp_path):
+    gateway, _, device = hall
+    rating_id = bad_rating(gateway, device)
+    config = tmp_path / "gateway.toml"
+    config.write_text(settings.dump(gateway.config))
+    listed = run_cli("workorders", "list", "--config", str(config), "--state", "open")
+    assert listed.exit_code == 0 and json.loads(listed.output.splitlines()[0])["rating_id"] == rating_id
+    taken = run_cli("workorders", "step", str(rating_id), "visited", "--config", str(config), "--handler", "N0321",
+                    "--visit-result", "1")
+    assert taken.exit_code == 0, taken.output
+    refused = run_cli("workorders", "step", str(rating_id), "visited", "--config", str(config), "--handler", "N0321",
+                      "--visit-result", "1")
+    assert refused.exit_code == 1 and "may not come after visited" in refused.output
+    shown = run_cli("workorders", "show", str(rating_id), "--config", str(config))
+    assert shown.exit_code == 0 and json.loads(shown.output)["steps"][0]["handler"] == "N0321"
