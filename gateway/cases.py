@@ -14,7 +14,7 @@ import time
 
 from prometheus_client import Counter
 
-from gateway import ratings
+from gateway import ratings, workorders
 from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.periodic import Periodic
 from gateway.store import Writer
@@ -61,13 +61,15 @@ def issue_default_ratings(conn: sqlite3.Connection, now: float, origin: str, lev
 
 
 def fill_missing_deadlines(conn: sqlite3.Connection, calendar: WorkCalendar, window_days: int,
-                           followup_days: int) -> None:
-    """Deadlines left empty while the calendar lacked a year: compute those it now can."""
-    for table, key, start, days in (("cases", "case_ref", "finished_at", window_days),
-                                    ("followups", "rating_id", "opened_at", followup_days)):
-        for row_key, started in conn.execute(f"SELECT {key}, {start} FROM {table} WHERE deadline IS NULL").fetchall():
+                           followup_days: int, visit_days: int) -> None:
+    """Deadlines not known yet (the calendar lacked a year, or a work order's 回访 is new): compute those it
+    now can."""
+    for table, key, start, column, days in (("cases", "case_ref", "finished_at", "deadline", window_days),
+                                            ("followups", "rating_id", "opened_at", "deadline", followup_days),
+                                            ("followups", "rating_id", "opened_at", "visit_deadline", visit_days)):
+        for row_key, started in conn.execute(f"SELECT {key}, {start} FROM {table} WHERE {column} IS NULL").fetchall():
             try:
-                conn.execute(f"UPDATE {table} SET deadline = ? WHERE {key} = ?",
+                conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?",
                              (calendar.deadline(started, days), row_key))
             except CalendarMissing:
                 continue
@@ -88,6 +90,7 @@ def prune(conn: sqlite3.Connection, now: float, operational_days: int, retention
     args = {"kept": kept_from, "operational": operational_from, "limits": now - WINDOW_LIMITS_KEPT_S}
     deleted = {
         "steps": conn.execute(f"DELETE FROM steps WHERE rating_id IN ({old})", args).rowcount,
+        "warnings": conn.execute(f"DELETE FROM warnings WHERE rating_id IN ({old})", args).rowcount,
         "followups": conn.execute(f"DELETE FROM followups WHERE rating_id IN ({old})", args).rowcount,
         "ratings": conn.execute(f"DELETE FROM ratings WHERE id IN ({old})", args).rowcount,
         "already_rated": conn.execute("DELETE FROM already_rated WHERE received_at < :kept", args).rowcount,
@@ -123,7 +126,10 @@ class Housekeeping(Periodic):
         c = self.config
         now = self.clock.now()
         self.writer.call(lambda conn: fill_missing_deadlines(conn, self.calendar, c["cases.rating_window_days"],
-                                                              c["cases.followup_days"]))
+                                                              c["cases.followup_days"], c["cases.visit_days"]))
+        warned = self.writer.call(lambda conn: workorders.raise_warnings(conn, now, c["cases.warn_percent"]))
+        if warned:
+            log.info("raised %d work order warnings", warned)
         issued = self.writer.call(lambda conn: issue_default_ratings(
             conn, now, c["gateway.name"], c["cases.default_level"], self.calendar, c["cases.followup_days"]),
             needs_space=True)

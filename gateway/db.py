@@ -156,6 +156,20 @@ CREATE TABLE steps (                               -- each step of a work order,
 );
 CREATE INDEX steps_pending ON steps(id) WHERE state = 'pending';
 """),
+    ("work order warnings", """
+ALTER TABLE followups ADD COLUMN visit_deadline REAL;  -- 回访 due (cases.visit_days working days); NULL: not yet known
+CREATE TABLE warnings (                             -- 超期预警: raised once each, then sent to the duty manager
+    id INTEGER PRIMARY KEY,
+    rating_id INTEGER NOT NULL REFERENCES followups(rating_id),
+    kind TEXT NOT NULL,                             -- visit | rectify
+    level INTEGER NOT NULL,                         -- the share of the time gone: cases.warn_percent, or 100
+    deadline REAL NOT NULL, raised_at REAL NOT NULL,
+    notify_state TEXT NOT NULL DEFAULT 'pending',   -- pending | sent | none
+    notify_attempts INTEGER NOT NULL DEFAULT 0, notify_error TEXT, notify_after REAL NOT NULL DEFAULT 0,
+    UNIQUE (rating_id, kind, level, deadline)
+);
+CREATE INDEX warnings_notify ON warnings(notify_after) WHERE notify_state = 'pending';
+"""),
 ]
 
 

@@ -72,6 +72,9 @@ SETTINGS = [
     Setting("cases.rating_window_days", 5, "Working days after 办结 in which a citizen may rate (policy art. 8)."),
     Setting("cases.default_level", "satisfied", "Level of the default rating issued when the window closes."),
     Setting("cases.followup_days", 10, "Working days to rectify a 差评 (policy art. 13)."),
+    Setting("cases.visit_days", 1, "Working days to call the citizen back (回访) after a 差评."),
+    Setting("cases.warn_percent", 80, "A work order's deadline is warned of (超期预警) when this share of its time "
+            "is gone, and again when it has passed."),
     Setting("cases.webhook_url", "", "Duty manager's webhook, POSTed on every 差评 (empty: none)."),
     Setting("calendar.extra_years", [], "Years the chinese-calendar package has no data for yet, to be counted "
             "as weekdays plus the holidays and workdays below.", list),

@@ -21,7 +21,7 @@ APPEAL_DECISIONS = ("appeal_upheld", "appeal_rejected")
 _FIELDS = {"visitResult": "visit_result", "content": "content", "deadline": "deadline", "handler": "handler"}
 
 _ORDER = """
-SELECT f.rating_id, f.opened_at, f.deadline, f.state, f.last_step, f.dept_code, f.staff_no,
+SELECT f.rating_id, f.opened_at, f.deadline, f.visit_deadline, f.state, f.last_step, f.dept_code, f.staff_no,
        r.level, r.channel, r.case_ref, r.reasons, r.assessed_at, coalesce(c.window_no, d.window_no) AS window_no
 FROM followups f JOIN ratings r ON r.id = f.rating_id
 LEFT JOIN cases c ON c.case_ref = r.case_ref LEFT JOIN devices d ON d.dev = r.origin
@@ -84,6 +84,36 @@ def _step_fields(step: str, handler: str, fields: dict, rectify_by: float | None
     return values
 
 
+def raise_warnings(conn: sqlite3.Connection, now: float, percent: int) -> int:
+    """超期预警: for each open work order, a warning when `percent` of a deadline's time is gone and another
+    when it has passed, each raised once (a unique row), whoever runs this and however often. Deadlines: the
+    回访 while no step is taken yet; the 整改, from the latest rectifying or extended step, else the work
+    order's own. Returns how many were raised."""
+    rows = conn.execute(
+        "SELECT f.rating_id, f.opened_at, f.last_step, f.visit_deadline, f.deadline, s.at AS step_at, "
+        "s.deadline AS step_deadline FROM followups f LEFT JOIN steps s ON s.id = (SELECT id FROM steps "
+        "WHERE rating_id = f.rating_id AND step IN ('rectifying', 'extended') ORDER BY number DESC LIMIT 1) "
+        "WHERE f.state = 'open'").fetchall()
+    raised = 0
+    for row in rows:
+        deadlines = []
+        if row["last_step"] is None and row["visit_deadline"] is not None:
+            deadlines.append(("visit", row["opened_at"], row["visit_deadline"]))
+        if row["step_deadline"]:  # the end of that China day
+            day = dt.date.fromisoformat(row["step_deadline"]) + dt.timedelta(days=1)
+            deadlines.append(("rectify", row["step_at"], dt.datetime.combine(day, dt.time(), CHINA).timestamp()))
+        elif row["deadline"] is not None:
+            deadlines.append(("rectify", row["opened_at"], row["deadline"]))
+        for kind, started, deadline in deadlines:
+            level = 100 if now >= deadline else percent if now >= started + (deadline - started) * percent / 100 \
+                else None
+            if level is not None:
+                raised += conn.execute("INSERT INTO warnings (rating_id, kind, level, deadline, raised_at) "
+                                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                                       (row["rating_id"], kind, level, deadline, now)).rowcount
+    return raised
+
+
 def orders(reader, state: str | None = None, dept_code: str | None = None, overdue_at: float | None = None,
            limit: int = 500) -> list[dict]:
     """Work orders, newest first: of a state (open, closed), a department, or overdue at a time."""
@@ -108,7 +138,10 @@ def order(reader, rating_id: int) -> dict:
         raise NotFound(f"no work order for rating {rating_id}")
     steps = reader.execute("SELECT number, step, at, handler, visit_result, content, deadline, state, last_error "
                            "FROM steps WHERE rating_id = ? ORDER BY number", (rating_id,))
-    return {**_order(row), "steps": [{**dict(s), "step_name": STEP_NAMES[s["step"]]} for s in steps]}
+    warnings = reader.execute("SELECT kind, level, deadline, raised_at, notify_state FROM warnings "
+                              "WHERE rating_id = ? ORDER BY id", (rating_id,))
+    return {**_order(row), "steps": [{**dict(s), "step_name": STEP_NAMES[s["step"]]} for s in steps],
+            "warnings": [dict(w) for w in warnings]}
 
 
 def _order(row) -> dict:

@@ -141,3 +141,53 @@ def test_the_command_line_lists_shows_and_takes_steps(hall, tmp_path):
     assert refused.exit_code == 1 and "may not come after visited" in refused.output
     shown = run_cli("workorders", "show", str(rating_id), "--config", str(config))
     assert shown.exit_code == 0 and json.loads(shown.output)["steps"][0]["handler"] == "N0321"
+
+
+def test_overdue_work_orders_are_warned_once_each_even_across_a_restart(gateway_factory, wire_device, monkeypatch):
+    """超期预警 at 80 % of the 回访's and the 整改's time and at their deadlines: each once, to the duty manager's
+    webhook, with nothing lost or sent again when the gateway restarts in between."""
+    import queue
+
+    from gateway import notify
+    from gateway.clock import ManualClock
+    from tests.test_gateway_cases import Webhook, china
+
+    monkeypatch.setattr(notify.Notifier, "interval", 0.05)
+    hook, clock = Webhook(), ManualClock(china(2026, 11, 2, 9))  # a Monday
+    start = lambda: gateway_factory(clock=clock, **{"cases.webhook_url": hook.url, "api.keys": KEYS})  # noqa: E731
+    gateway = start()
+    register_device(gateway.writer, "W01", window_no="A07")
+    rating_id = bad_rating(gateway, wire_device("W01"))
+    assert hook.received.get(timeout=10)["event"] == "bad_rating"
+
+    def warned_after(when: float) -> list:
+        """Let time pass to `when`; the warnings the webhook got for it."""
+        clock.set(when)
+        gateway.housekeeping.run_once()
+        wait_until(lambda: gateway.reader.execute("SELECT count(*) FROM warnings WHERE notify_state = 'pending'")
+                   .fetchone()[0] == 0, 10, "the warnings sent")
+        got = []
+        while True:
+            try:
+                got.append(hook.received.get(timeout=0.5))
+            except queue.Empty:
+                return [(w["kind"], w["level"], w["rating_id"]) for w in got]
+
+    # 回访 is due by the end of Tuesday: 80 % of its 39 hours are gone at 16:12 on Tuesday.
+    assert warned_after(china(2026, 11, 3, 16, 0)) == []
+    assert warned_after(china(2026, 11, 3, 17, 0)) == [("visit", 80, rating_id)]
+    assert warned_after(china(2026, 11, 3, 18, 0)) == []  # once
+    gateway.stop()
+    gateway = start()  # a restart in between sends nothing again and loses nothing
+    assert warned_after(china(2026, 11, 4, 1, 0)) == [("visit", 100, rating_id)]
+    assert step(gateway, rating_id, {"step": "visited", "visit_result": 1})[0] == 200
+    assert warned_after(china(2026, 11, 5, 1, 0)) == []  # visited: no more 回访 warnings
+    # 整改: 10 working days after the 差评's day, to the end of Monday 11-16; 80 % of that is gone on 11-14 01:48.
+    assert warned_after(china(2026, 11, 14, 1, 0)) == []
+    assert warned_after(china(2026, 11, 14, 12, 0)) == [("rectify", 80, rating_id)]
+    assert warned_after(china(2026, 11, 17, 1, 0)) == [("rectify", 100, rating_id)]
+    assert warned_after(china(2026, 11, 20, 12, 0)) == []
+    order = json.loads(call(gateway, "GET", f"/api/v1/workorders/{rating_id}", key=MANAGER)[1])
+    assert [(w["kind"], w["level"], w["notify_state"]) for w in order["warnings"]] == [
+        ("visit", 80, "sent"), ("visit", 100, "sent"), ("rectify", 80, "sent"), ("rectify", 100, "sent")]
+    hook.close()
