@@ -202,7 +202,7 @@ def _take_step(api, request):
 
 
 def _rating_id(request: Request) -> int:
-    if not request.args["rating_id"].isdigit():
+    if not (request.args["rating_id"].isascii() and request.args["rating_id"].isdigit()):
         raise NotFound("a work order is named by its 差评's rating id")
     return int(request.args["rating_id"])
 

@@ -26,6 +26,7 @@ DAY_S = 86400.0
 YEAR_S = 366 * DAY_S  # retention errs on the side of keeping
 WINDOW_LIMITS_KEPT_S = 2 * DAY_S  # a window rating's limits look back one China day at most
 _CASE_REF = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
+FOLLOWUP_EXTRA_DAYS = 5  # a 追评 is taken this many working days past the case's first window
 REQUIRED = ("project_no", "task_code", "task_name", "dept_code", "staff_no", "window_no")
 
 CASE_FIELDS = ("case_ref", "project_no", "task_code", "task_name", "dept_code", "dept_name", "staff_no",
@@ -86,7 +87,8 @@ def prune(conn: sqlite3.Connection, now: float, operational_days: int, retention
     kept_from, operational_from = now - retention_years * YEAR_S, now - operational_days * DAY_S
     old = ("SELECT o.rating_id FROM outbox o JOIN ratings r ON r.id = o.rating_id WHERE o.state = 'forwarded' "
            "AND o.done_at < :kept AND r.assessed_at < :kept "
-           "AND o.rating_id NOT IN (SELECT rating_id FROM followups WHERE state = 'open')")
+           "AND o.rating_id NOT IN (SELECT rating_id FROM followups WHERE state = 'open') "
+           "AND o.rating_id NOT IN (SELECT rating_id FROM steps WHERE state != 'forwarded')")
     args = {"kept": kept_from, "operational": operational_from, "limits": now - WINDOW_LIMITS_KEPT_S}
     deleted = {
         "steps": conn.execute(f"DELETE FROM steps WHERE rating_id IN ({old})", args).rowcount,
@@ -161,16 +163,35 @@ def cancel_case(conn: sqlite3.Connection, case_ref: str) -> bool:
 
 
 def rate_by_token(conn: sqlite3.Connection, token: str, choice: dict, now: float, origin: str,
-                  calendar: WorkCalendar, followup_days: int) -> str:
-    """Store a rating made on the citizen's page (QR channel): STORED, ALREADY_RATED, or EXPIRED / UNKNOWN."""
-    row = conn.execute("SELECT c.case_ref, c.deadline, c.state FROM tokens t JOIN cases c ON c.case_ref = t.case_ref "
-                       "WHERE t.token = ?", (token,)).fetchone()
+                  calendar: WorkCalendar, followup_days: int, window_days: int) -> str:
+    """Store a rating made on the citizen's page (QR channel), or its 追评 when one is offered: STORED,
+    ALREADY_RATED, or EXPIRED / UNKNOWN."""
+    row = conn.execute("SELECT c.case_ref, c.deadline, c.state, c.finished_at FROM tokens t JOIN cases c "
+                       "ON c.case_ref = t.case_ref WHERE t.token = ?", (token,)).fetchone()
     if row is None:
         return UNKNOWN
     if row["state"] == "cancelled" or (row["deadline"] is not None and now >= row["deadline"]
                                        and row["state"] == "open"):
         return EXPIRED
-    return ratings.store(conn, ratings.from_page(origin, row["case_ref"], choice, now), calendar, followup_days)
+    second = second_rating_offer(conn, row["case_ref"], row["finished_at"], now, calendar, window_days) is not None
+    rating = ratings.from_page(origin, row["case_ref"], choice, now, assess_number=2 if second else 1)
+    return ratings.store(conn, rating, calendar, followup_days)
+
+
+def second_rating_offer(db, case_ref: str, finished_at: float, now: float, calendar: WorkCalendar,
+                        window_days: int) -> str | None:
+    """The measures taken, when the case's 差评 was rectified and its citizen may still give one 追评: until
+    FOLLOWUP_EXTRA_DAYS working days after the case's first rating window. None otherwise."""
+    row = db.execute("SELECT s.content FROM ratings r JOIN steps s ON s.rating_id = r.id AND s.step = 'rectified' "
+                     "WHERE r.case_ref = ? AND r.assess_number = 1 AND NOT EXISTS (SELECT 1 FROM ratings x "
+                     "WHERE x.case_ref = r.case_ref AND x.assess_number = 2)", (case_ref,)).fetchone()
+    if row is None:
+        return None
+    try:
+        until = calendar.deadline(finished_at, window_days + FOLLOWUP_EXTRA_DAYS)
+    except CalendarMissing:
+        return None
+    return row["content"] if now < until else None
 
 
 UNKNOWN, EXPIRED = "unknown", "expired"

@@ -149,6 +149,7 @@ CREATE TABLE steps (                               -- each step of a work order,
     rating_id INTEGER NOT NULL REFERENCES followups(rating_id),
     number INTEGER NOT NULL,                       -- 1, 2, ... within its work order: its stepId
     step TEXT NOT NULL, at REAL NOT NULL, handler TEXT NOT NULL,
+    actor TEXT NOT NULL,                           -- who made the call (API key, cli:user): the audit's name
     visit_result INTEGER, content TEXT, deadline TEXT,
     state TEXT NOT NULL DEFAULT 'pending',         -- pending | forwarded | dead
     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, done_at REAL,
@@ -169,6 +170,12 @@ CREATE TABLE warnings (                             -- 超期预警: raised once
     UNIQUE (rating_id, kind, level, deadline)
 );
 CREATE INDEX warnings_notify ON warnings(notify_after) WHERE notify_state = 'pending';
+"""),
+    ("follow-up evaluations", """
+-- 追评: after a 差评 is rectified its citizen may rate the case once more, as a second evaluation.
+ALTER TABLE ratings ADD COLUMN assess_number INTEGER NOT NULL DEFAULT 1;  -- 1 first, 2 追评
+DROP INDEX ratings_one_per_case;
+CREATE UNIQUE INDEX ratings_one_per_case ON ratings(case_ref, assess_number) WHERE case_ref IS NOT NULL;
 """),
 ]
 

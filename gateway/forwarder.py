@@ -1,10 +1,10 @@
 """Forwarding stored ratings, and then the steps of 差评 work orders, to the provincial 好差评 system
 (docs/upstream.md), oldest first, in batches.
 
-Every record carries a stable evalId, so a retry after a timeout or a crash is harmless (the province answers
-"duplicate"). Failures back off exponentially with full jitter; 429/503 wait as long as Retry-After says. A
-record the province rejects (or that cannot be mapped) becomes a dead letter with the reason: visible,
-retryable by an operator, never retried on its own.
+Every record carries a stable id (evalId, stepId), so a retry after a timeout or a crash is harmless (the
+province answers "duplicate"). Failures back off exponentially with full jitter; 429/503 wait as long as
+Retry-After says. A record the province rejects (or that cannot be mapped) becomes a dead letter with the
+reason: visible, retryable by an operator, never retried on its own.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ RESULTS = {  # what became of the records sent, and of the submissions
 
 _PENDING = """
 SELECT r.id, r.origin, r.rid, r.channel, r.level, r.public, r.reasons, r.comment, r.assessed_at, r.received_at,
+       r.assess_number,
        c.project_no, c.task_code, c.task_name, c.dept_code AS case_dept, c.dept_name AS case_dept_name,
        c.staff_no AS case_staff, c.window_no AS case_window, c.user_prop,
        d.window_no, d.dept_code, d.dept_name, d.staff_no
@@ -195,6 +196,7 @@ class Forwarder:
             "public": bool(row["public"]), "reasons": row["reasons"].split(",") if row["reasons"] else None,
             "comment": row["comment"], "window_no": row["case_window"] or row["window_no"],
             "dept_code": row["dept_code"], "dept_name": row["dept_name"], "staff_no": row["staff_no"],
+            "assess_number": row["assess_number"],
         }
         case = None
         if row["project_no"]:

@@ -63,7 +63,8 @@ class Notifier(Periodic):
         self.writer = writer
         self.clock = clock
         self.reader = reader
-        self.sent = Counter("hcp_webhooks_sent", "notices delivered to the duty manager (差评, 超期预警)", registry=metrics)
+        self.sent = Counter("hcp_webhooks_sent", "notices delivered to the duty manager (差评, 超期预警)",
+                            registry=metrics)
 
     def run_once(self) -> None:
         now = self.clock.now()

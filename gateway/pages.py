@@ -44,10 +44,11 @@ def result(outcome: str, status: int | None = None) -> Response:
     return message(status or default_status, title, text)
 
 
-def rating_form(subject: str, headers: list | None = None) -> Response:
+def rating_form(subject: str, headers: list | None = None, measures: str | None = None) -> Response:
+    """The rating form; with `measures`, the 追评 form after a 差评 was rectified."""
     page = TEMPLATES.get_template("rate.html").render(
-        title="请对本次服务进行评价", subject=subject, levels=list(zip(codec.LEVELS, codec.LEVEL_LABELS)),
-        reasons=codec.REASONS)
+        title="请对整改结果进行追评" if measures else "请对本次服务进行评价", subject=subject, measures=measures,
+        levels=list(zip(codec.LEVELS, codec.LEVEL_LABELS)), reasons=codec.REASONS)
     return Response.html(200, page, headers)
 
 
@@ -69,11 +70,15 @@ class Pages:
     # ---- a case's own page ----
 
     def case_page(self, request: Request, token: str) -> Response:
-        row = self.reader.execute("SELECT c.task_name, c.state, c.deadline FROM tokens t JOIN cases c "
-                                  "ON c.case_ref = t.case_ref WHERE t.token = ?", (token,)).fetchone()
+        row = self.reader.execute("SELECT c.case_ref, c.task_name, c.state, c.deadline, c.finished_at FROM tokens t "
+                                  "JOIN cases c ON c.case_ref = t.case_ref WHERE t.token = ?", (token,)).fetchone()
         if row is None:
             return result(cases.UNKNOWN)
         if row["state"] in ("rated", "defaulted"):
+            measures = cases.second_rating_offer(self.reader, row["case_ref"], row["finished_at"], self.clock.now(),
+                                                 self.calendar, self.config["cases.rating_window_days"])
+            if measures is not None:  # rectified: the citizen sees what was done and may rate once more
+                return rating_form(row["task_name"], measures=measures)
             return result(ratings.ALREADY_RATED, 200)
         if row["state"] == "cancelled" or (row["deadline"] is not None and self.clock.now() >= row["deadline"]):
             return result(cases.EXPIRED, 200)
@@ -84,7 +89,8 @@ class Pages:
         c = self.config
         outcome = self.writer.call(lambda conn: cases.rate_by_token(conn, token, choice, self.clock.now(),
                                                                     c["gateway.name"], self.calendar,
-                                                                    c["cases.followup_days"]), needs_space=True)
+                                                                    c["cases.followup_days"],
+                                                                    c["cases.rating_window_days"]), needs_space=True)
         if outcome == ratings.STORED:  # rated by phone: the evaluator stops asking
             row = self.reader.execute("SELECT c.case_ref, c.dev FROM tokens t JOIN cases c ON c.case_ref = t.case_ref "
                                       "WHERE t.token = ?", (token,)).fetchone()

@@ -17,12 +17,12 @@ FUTURE_TOLERANCE_S = 60  # a device clock further ahead than this is not believe
 
 def _rating(origin: str, rid: str, channel: str, case_ref: str | None, level: str, public: bool, received_at: float,
             reasons: list | None = None, comment: str | None = None, boot: str | None = None, seq: int | None = None,
-            device_time: float | None = None, assessed_at: float | None = None) -> dict:
+            device_time: float | None = None, assessed_at: float | None = None, assess_number: int = 1) -> dict:
     """A rating as stored: every shape below goes through here, so they differ only where they must."""
     return {"origin": origin, "rid": rid, "channel": channel, "boot": boot, "seq": seq, "case_ref": case_ref,
             "level": level, "public": int(public), "reasons": ",".join(reasons or []) or None,
             "comment": comment or None, "device_time": device_time, "received_at": received_at,
-            "assessed_at": received_at if assessed_at is None else assessed_at}
+            "assessed_at": received_at if assessed_at is None else assessed_at, "assess_number": assess_number}
 
 
 def from_device(msg: dict, received_at: float) -> dict:
@@ -34,10 +34,11 @@ def from_device(msg: dict, received_at: float) -> dict:
                    assessed_at=device_time if believable else received_at)
 
 
-def from_page(origin: str, case_ref: str | None, choice: dict, received_at: float) -> dict:
-    """A rating made on the citizen's page (QR channel): of a case, or of a window itself (no case)."""
+def from_page(origin: str, case_ref: str | None, choice: dict, received_at: float, assess_number: int = 1) -> dict:
+    """A rating made on the citizen's page (QR channel): of a case, or of a window itself (no case); a case's
+    追评 is its second evaluation."""
     return _rating(origin, secrets.token_hex(8), "qr", case_ref, choice["level"], choice["public"], received_at,
-                   choice["reasons"], choice["comment"])
+                   choice["reasons"], choice["comment"], assess_number=assess_number)
 
 
 def default_for(case_ref: str, origin: str, level: str, issued_at: float) -> dict:
@@ -47,7 +48,7 @@ def default_for(case_ref: str, origin: str, level: str, issued_at: float) -> dic
 
 
 _FIELDS = ("origin", "rid", "channel", "boot", "seq", "case_ref", "level", "public", "reasons", "comment",
-           "device_time", "received_at", "assessed_at")
+           "device_time", "received_at", "assessed_at", "assess_number")
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,7 +82,7 @@ def store_many(conn: sqlite3.Connection, batch: list[dict], calendar: WorkCalend
     bad = [{"origin": r["origin"], "rid": r["rid"],
             "deadline": followup_deadline(calendar, r["received_at"], followup_days)}
            for r, outcome in zip(batch, outcomes)
-           if outcome == STORED and r["level"] in BAD_LEVELS and r["channel"] != "default"]
+           if outcome == STORED and r["level"] in BAD_LEVELS and r["channel"] != "default" and r["assess_number"] == 1]
     if bad:
         # Its work order, assigned to the case's department (else the window's) and about its staff member.
         conn.execute("INSERT INTO followups (rating_id, opened_at, deadline, dept_code, staff_no) "

@@ -29,14 +29,20 @@ def status(database, now: float) -> dict:
         "already_rated": one("SELECT count(*) FROM already_rated"),
         "cases_open": one("SELECT count(*) FROM cases WHERE state = 'open'"),
         "followups_open": one("SELECT count(*) FROM followups WHERE state = 'open'"),
+        "steps_pending": one("SELECT count(*) FROM steps WHERE state = 'pending'"),
+        "steps_dead": one("SELECT count(*) FROM steps WHERE state = 'dead'"),
         "db_bytes": db.used_bytes(database),
     }
 
 
 def dead_letters(database) -> list[dict]:
+    """Ratings, and work-order steps, the province refused (or that could not be mapped). A dead step holds
+    back the later steps of its work order until it is retried."""
     cursor = database.execute(
-        "SELECT o.rating_id, r.origin, r.channel, r.case_ref, r.level, r.assessed_at, o.attempts, o.last_error "
-        "FROM outbox o JOIN ratings r ON r.id = o.rating_id WHERE o.state = 'dead' ORDER BY o.rating_id")
+        "SELECT o.rating_id, NULL AS step, r.origin, r.channel, r.case_ref, r.level, r.assessed_at, o.attempts, "
+        "o.last_error FROM outbox o JOIN ratings r ON r.id = o.rating_id WHERE o.state = 'dead' "
+        "UNION ALL SELECT s.rating_id, s.number, r.origin, r.channel, r.case_ref, s.step, s.at, s.attempts, "
+        "s.last_error FROM steps s JOIN ratings r ON r.id = s.rating_id WHERE s.state = 'dead' ORDER BY 1, 2")
     return [dict(row) for row in cursor]
 
 
@@ -53,8 +59,8 @@ def retry_dead_letters(path: Path, rating_ids: list[int] | None, actor: str, now
         if rating_ids:
             where += f" AND rating_id IN ({', '.join('?' * len(rating_ids))})"
             args = list(rating_ids)
-        count = conn.execute(f"UPDATE outbox SET state = 'pending', last_error = NULL, done_at = NULL WHERE {where}",
-                             args).rowcount
+        count = sum(conn.execute(f"UPDATE {table} SET state = 'pending', last_error = NULL, done_at = NULL "
+                                 f"WHERE {where}", args).rowcount for table in ("outbox", "steps"))
         detail = f"{count} ratings" + (f": {rating_ids}" if rating_ids else "")
         audit.append(conn, now, actor, "retry_dead_letters", detail)
         conn.execute("COMMIT")

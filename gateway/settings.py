@@ -169,7 +169,7 @@ def _check_combinations(config: Config) -> None:
         raise ConfigError(f"gateway.hall {config['gateway.hall']!r}: 1-32 of A-Z a-z 0-9 _ -")
     if config["cases.default_level"] not in codec.LEVELS:
         raise ConfigError(f"cases.default_level must be one of {', '.join(codec.LEVELS)}")
-    if not 1 <= config["store.batch_max"] <= 2000:  # one INSERT per batch: 13 parameters a rating
+    if not 1 <= config["store.batch_max"] <= 2000:  # one INSERT per batch: 14 parameters a rating
         raise ConfigError("store.batch_max must be 1..2000")
     if not 1 <= config["upstream.batch_size"] <= 500:
         raise ConfigError("upstream.batch_size must be 1..500")

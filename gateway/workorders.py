@@ -22,8 +22,9 @@ _FIELDS = {"visitResult": "visit_result", "content": "content", "deadline": "dea
 
 _ORDER = """
 SELECT f.rating_id, f.opened_at, f.deadline, f.visit_deadline, f.state, f.last_step, f.dept_code, f.staff_no,
-       r.level, r.channel, r.case_ref, r.reasons, r.assessed_at, coalesce(c.window_no, d.window_no) AS window_no
-FROM followups f JOIN ratings r ON r.id = f.rating_id
+       r.level, r.channel, r.case_ref, r.reasons, r.assessed_at, coalesce(c.window_no, d.window_no) AS window_no,
+       o.state AS forward_state, o.last_error AS forward_error
+FROM followups f JOIN ratings r ON r.id = f.rating_id JOIN outbox o ON o.rating_id = f.rating_id
 LEFT JOIN cases c ON c.case_ref = r.case_ref LEFT JOIN devices d ON d.dev = r.origin
 """
 
@@ -44,22 +45,27 @@ def take_step(conn: sqlite3.Connection, rating_id: int, step: str, handler: str,
         allowed = upstream.allowed_after(order["last_step"])
         after = f"after {order['last_step']}" if order["last_step"] else "as the first step"
         raise Conflict(f"{step} may not come {after}; allowed: {', '.join(allowed) or 'nothing (closed)'}", "step")
-    if step in APPEAL_DECISIONS:
-        appellant = conn.execute("SELECT handler FROM steps WHERE rating_id = ? AND step = 'appealed' "
-                                 "ORDER BY number DESC LIMIT 1", (rating_id,)).fetchone()["handler"]
-        if appellant == handler:
+    if step in APPEAL_DECISIONS:  # neither the appellant's account nor the 工号 it named may decide
+        appellant = conn.execute("SELECT handler, actor FROM steps WHERE rating_id = ? AND step = 'appealed' "
+                                 "ORDER BY number DESC LIMIT 1", (rating_id,)).fetchone()
+        if {handler, actor} & {appellant["handler"], appellant["actor"]}:
             raise Conflict("an appeal is decided by a manager other than its appellant", "handler")
     values = _step_fields(step, handler, fields, order["deadline"], now)
     number = conn.execute("SELECT coalesce(max(number), 0) + 1 FROM steps WHERE rating_id = ?",
                           (rating_id,)).fetchone()[0]
-    conn.execute("INSERT INTO steps (rating_id, number, step, at, handler, visit_result, content, deadline) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (rating_id, number, step, now, handler, values["visit_result"],
-                                                     values["content"], values["deadline"]))
+    conn.execute("INSERT INTO steps (rating_id, number, step, at, handler, actor, visit_result, content, deadline) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (rating_id, number, step, now, handler, actor,
+                                                        values["visit_result"], values["content"], values["deadline"]))
     closed = step in upstream.FINAL_STEPS
-    conn.execute("UPDATE followups SET last_step = ?, state = CASE WHEN ? THEN 'closed' ELSE state END "
-                 "WHERE rating_id = ?", (step, closed, rating_id))
+    # A new 整改 deadline is the work order's from now on (overdue lists, warnings): the end of that China day.
+    until = _end_of(values["deadline"]) if step in upstream.NEEDS_DEADLINE else None
+    conn.execute("UPDATE followups SET last_step = ?, state = CASE WHEN ? THEN 'closed' ELSE state END, "
+                 "deadline = coalesce(?, deadline) WHERE rating_id = ?", (step, closed, until, rating_id))
+    # The audit says who and what, not the free text itself (it may name people, and the audit is kept forever).
     audit.append(conn, now, actor, f"workorder_{step}",
-                 f"rating {rating_id} step {number}" + "".join(f" {k}={v}" for k, v in values.items() if v))
+                 f"rating {rating_id} step {number} handler {handler}"
+                 + "".join(f" {k}={v}" for k, v in values.items() if v is not None and k != "content")
+                 + (f" content of {len(values['content'])} characters" if values["content"] else ""))
     return {"rating_id": rating_id, "number": number, "step": step, **values}
 
 
@@ -67,7 +73,8 @@ def _step_fields(step: str, handler: str, fields: dict, rectify_by: float | None
     """The step's own fields, checked as the province checks them; the 整改 deadline defaults to the work
     order's (10 working days from the 差评)."""
     deadline = fields.get("deadline")
-    if step == "rectifying" and deadline is None and rectify_by is not None:
+    defaulted = step == "rectifying" and deadline is None and rectify_by is not None
+    if defaulted:
         deadline = dt.datetime.fromtimestamp(rectify_by - 1, CHINA).date().isoformat()  # its last working day
     values = {"visit_result": fields.get("visit_result"), "content": fields.get("content"), "deadline": deadline}
     if not isinstance(handler, str) or not handler:
@@ -80,8 +87,14 @@ def _step_fields(step: str, handler: str, fields: dict, rectify_by: float | None
         raise InvalidInput(problem[1], _FIELDS.get(named))
     if deadline is not None and step in upstream.NEEDS_DEADLINE:
         if dt.date.fromisoformat(deadline) < dt.datetime.fromtimestamp(now, CHINA).date():
-            raise InvalidInput("deadline: not in the past", "deadline")
+            raise InvalidInput("the work order's 整改 deadline has passed: give a new one (deadline)" if defaulted
+                               else "deadline: not in the past", "deadline")
     return values
+
+
+def _end_of(day: str) -> float:
+    """The end of a China date (YYYY-MM-DD), as Unix seconds."""
+    return dt.datetime.combine(dt.date.fromisoformat(day) + dt.timedelta(days=1), dt.time(), CHINA).timestamp()
 
 
 def raise_warnings(conn: sqlite3.Connection, now: float, percent: int) -> int:
@@ -99,9 +112,8 @@ def raise_warnings(conn: sqlite3.Connection, now: float, percent: int) -> int:
         deadlines = []
         if row["last_step"] is None and row["visit_deadline"] is not None:
             deadlines.append(("visit", row["opened_at"], row["visit_deadline"]))
-        if row["step_deadline"]:  # the end of that China day
-            day = dt.date.fromisoformat(row["step_deadline"]) + dt.timedelta(days=1)
-            deadlines.append(("rectify", row["step_at"], dt.datetime.combine(day, dt.time(), CHINA).timestamp()))
+        if row["step_deadline"]:
+            deadlines.append(("rectify", row["step_at"], _end_of(row["step_deadline"])))
         elif row["deadline"] is not None:
             deadlines.append(("rectify", row["opened_at"], row["deadline"]))
         for kind, started, deadline in deadlines:

@@ -6,6 +6,7 @@ channel codes, the region code. CPython only; the device never sees upstream cod
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import re
@@ -192,18 +193,25 @@ def step_problem(record: dict) -> tuple[str, str] | None:
         return "E102", "handler: at most 30 characters"
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", record["stepTime"]):
         return "E102", "stepTime must be yyyy-MM-dd HH:mm:ss"
-    if step == "visited" and record.get("visitResult") not in (1, 2):
-        return ("E101" if record.get("visitResult") is None else "E102"), "visitResult: 1 reached, 2 not reached"
-    if step in NEEDS_CONTENT:
-        content = record.get("content")
-        if content is None:
-            return "E101", f"content is required with {step}"
-        if not isinstance(content, str) or not 1 <= len(content) <= 500:
-            return "E102", "content: 1-500 characters"
-    if step in NEEDS_DEADLINE:
-        deadline = record.get("deadline")
-        if deadline is None:
-            return "E101", f"deadline is required with {step}"
-        if not isinstance(deadline, str) or not _DATE.match(deadline):
-            return "E102", "deadline must be yyyy-MM-dd"
+    for name, needed in (("visitResult", step == "visited"), ("content", step in NEEDS_CONTENT),
+                         ("deadline", step in NEEDS_DEADLINE)):
+        if needed and record.get(name) is None:
+            return "E101", f"{name} is required with {step}"
+    visit, content, deadline = record.get("visitResult"), record.get("content"), record.get("deadline")
+    if visit is not None and (type(visit) is not int or visit not in (1, 2)):
+        return "E102", "visitResult: 1 reached, 2 not reached"
+    if content is not None and (not isinstance(content, str) or not 1 <= len(content) <= 500):
+        return "E102", "content: 1-500 characters"
+    if deadline is not None and not _real_date(deadline):
+        return "E102", "deadline must be a date, yyyy-MM-dd"
     return None
+
+
+def _real_date(text) -> bool:
+    if not isinstance(text, str) or not _DATE.match(text):
+        return False
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True

@@ -161,7 +161,7 @@ class Province:
         """Validate and store a batch; one result per record, in order."""
         now = self.clock()
         ids = [r.get("evalId") if isinstance(r, dict) else None for r in records]
-        projects = [r.get("projectNo") for r in records if isinstance(r, dict) and r.get("assessNumber") == 1]
+        projects = [r.get("projectNo") for r in records if isinstance(r, dict)]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             known = self._present("SELECT evalId FROM records WHERE evalId IN (SELECT value FROM json_each(?))",
@@ -208,8 +208,10 @@ class Province:
             return {"stepId": step_id, "status": "duplicate"}
         error = upstream.step_problem(record)
         if error is None:
+            # A first evaluation that is a 差评 (in the deployed direction this province speaks) and not a default.
             bad = self._db.execute("SELECT 1 FROM records WHERE evalId = ? AND record ->> 'satisfaction' <= 2 "
-                                   "AND record ->> 'isDefault' = 0", (record["evalId"],)).fetchone()
+                                   "AND record ->> 'isDefault' = 0 AND assessNumber = 1",
+                                   (record["evalId"],)).fetchone()
             if bad is None:
                 error = ("E201", "the evalId is not a stored 差评")
         if error is None:
@@ -231,6 +233,8 @@ class Province:
         error = validate(record, now) if isinstance(record, dict) else ("E101", "record is not an object")
         if error is None and record.get("projectNo") and record["assessNumber"] == 1 and record["projectNo"] in rated:
             error = ("E106", "the case already has a first evaluation under another evalId")
+        if error is None and record["assessNumber"] == 2 and record.get("projectNo") not in rated:
+            error = ("E109", "a follow-up evaluation needs the case's first evaluation")
         if error:
             return {"evalId": eval_id, "status": "rejected", "error": error[0], "message": error[1]}
         return {"evalId": eval_id, "status": "accepted"}

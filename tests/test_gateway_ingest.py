@@ -112,8 +112,9 @@ def test_a_job_that_fails_in_a_batch_does_not_silence_the_others(tmp_path):
 
     writer = Writer(tmp_path / "gateway.db").start()
     try:
-        release, results = threading.Event(), {}
-        writer.submit(lambda conn: release.wait(10))  # holds the writer while the next two queue up together
+        started, release, results = threading.Event(), threading.Event(), {}
+        writer.submit(lambda conn: started.set() or release.wait(10))  # holds the writer in its own batch
+        assert started.wait(10)  # so the next two are queued while it works, and make the next batch together
         writer.submit(lambda conn: conn.execute("INSERT INTO no_such_table VALUES (1)"),
                       lambda result: results.setdefault("bad", result))
         writer.submit(lambda conn: conn.execute("INSERT INTO audit (at, actor, action) VALUES (1, 't', 'a')").rowcount,

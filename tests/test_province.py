@@ -128,3 +128,10 @@ def test_an_outage_cuts_kept_alive_connections_too(province):
         conn.request("POST", "/sim/faults", body=b"{}", headers={"Content-Type": "application/json"})
         conn.getresponse()
     conn.close()
+
+
+def test_a_follow_up_evaluation_needs_the_first_one_e109(province):
+    status, answer = post(province, envelope(record(evalId="361102-W01-00000002", assessNumber=2)))
+    assert answer["results"][0]["error"] == "E109"
+    status, answer = post(province, envelope(record(), record(evalId="361102-W01-00000002", assessNumber=2)))
+    assert [r["status"] for r in answer["results"]] == ["accepted", "accepted"]

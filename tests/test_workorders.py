@@ -191,3 +191,82 @@ def test_overdue_work_orders_are_warned_once_each_even_across_a_restart(gateway_
     assert [(w["kind"], w["level"], w["notify_state"]) for w in order["warnings"]] == [
         ("visit", 80, "sent"), ("visit", 100, "sent"), ("rectify", 80, "sent"), ("rectify", 100, "sent")]
     hook.close()
+
+
+def test_after_rectification_the_citizen_sees_the_measures_and_gives_one_follow_up_rating(hall):
+    """追评: the case's own page shows what was done and takes one more rating, sent as assessNumber 2."""
+    gateway, province, _ = hall
+    body = {"project_no": "3611022026113000001", "task_code": "361100-000-XK-001", "task_name": "不动产登记",
+            "dept_code": DEPT, "staff_no": "N0321", "window_no": "A07"}
+    case = json.loads(call(gateway, "POST", "/api/v1/cases", body, key=WINDOW)[1])
+    page = "/r/" + case["url"].rsplit("/", 1)[1]
+    assert call(gateway, "POST", page, key=None, form={"level": "dissatisfied", "reason": ["503"]})[0] == 200
+    rating_id = gateway.reader.execute("SELECT rating_id FROM followups").fetchone()[0]
+    status, shown = call(gateway, "GET", page, key=None)
+    assert status == 200 and "该办件已评价" in shown  # nothing to show yet
+    for taken in ({"step": "visited", "visit_result": 1}, {"step": "rectifying"},
+                  {"step": "rectified", "content": "已精简材料清单,一次性告知所需材料"}):
+        assert step(gateway, rating_id, taken)[0] == 200
+    status, shown = call(gateway, "GET", page, key=None)
+    assert status == 200 and "整改措施" in shown and "已精简材料清单" in shown and "追评" in shown
+    assert call(gateway, "POST", page, key=None, form={"level": "satisfied"})[0] == 200
+    status, shown = call(gateway, "POST", page, key=None, form={"level": "very_dissatisfied"})
+    assert status == 409 and "一次一评" in shown  # one 追评
+    assert "该办件已评价" in call(gateway, "GET", page, key=None)[1]
+    wait_until(lambda: len(province.records()) == 2, 20, "the rating and its 追评 at the province")
+    first, second = province.records()
+    assert (first["assessNumber"], second["assessNumber"]) == (1, 2)
+    assert second["projectNo"] == first["projectNo"] and second["evalId"] != first["evalId"]
+    assert second["satisfaction"] == 4
+    assert gateway.reader.execute("SELECT count(*) FROM followups").fetchone()[0] == 1  # no new work order
+
+
+def test_a_refused_step_is_visible_holds_back_its_work_order_and_can_be_retried(hall, tmp_path):
+    """If the province refuses a step, the later steps of that work order wait (their order matters), the
+    operator sees it in the status and the dead letters, and a retry sends them all, in order."""
+    gateway, province, device = hall
+    rating_id = bad_rating(gateway, device)
+    wait_until(lambda: province.count() == 1, 20, "the 差评 at the province")
+    province.faults.update({"error_rate": 0.0})
+    with province._lock:  # the province forgets the 差评, so it refuses the steps (E201)
+        province._db.execute("DELETE FROM records")
+    assert step(gateway, rating_id, {"step": "visited", "visit_result": 1})[0] == 200
+    assert step(gateway, rating_id, {"step": "rectifying"})[0] == 200
+    wait_until(lambda: gateway.reader.execute("SELECT count(*) FROM steps WHERE state = 'dead'").fetchone()[0] == 1,
+               20, "the first step refused")
+    config = tmp_path / "gateway.toml"
+    config.write_text(settings.dump(gateway.config))
+    status = json.loads(run_cli("status", "--config", str(config)).output)
+    assert (status["steps_dead"], status["steps_pending"]) == (1, 1)
+    listed = [json.loads(line) for line in run_cli("dead-letters", "--config", str(config)).output.splitlines()]
+    assert [(d["rating_id"], d["step"], d["level"]) for d in listed] == [(rating_id, 1, "visited")]
+    assert "E201" in listed[0]["last_error"]
+    order = json.loads(call(gateway, "GET", f"/api/v1/workorders/{rating_id}", key=MANAGER)[1])
+    assert [s["state"] for s in order["steps"]] == ["dead", "pending"]
+    gateway.writer.call(lambda conn: conn.execute("UPDATE outbox SET state = 'pending'"))  # the 差评 sent again
+    retried = run_cli("dead-letters", "--config", str(config), "--retry")
+    assert retried.exit_code == 0
+    eval_id = upstream.eval_id("361102", "W01", gateway.reader.execute(
+        "SELECT rid FROM ratings WHERE id = ?", (rating_id,)).fetchone()[0])
+    wait_until(lambda: [s["step"] for s in province.steps(eval_id)] == ["visited", "rectifying"], 20,
+               "both steps at the province, in order")
+
+
+def test_steps_check_every_field_they_carry_and_who_decides_an_appeal(hall):
+    gateway, _, device = hall
+    rating_id = bad_rating(gateway, device)
+    for body in ({"step": "visited", "visit_result": 1, "content": "长" * 501},
+                 {"step": "visited", "visit_result": True},
+                 {"step": "visited", "visit_result": 1, "deadline": "junk"}):
+        assert step(gateway, rating_id, body)[0] == 400, body
+    assert step(gateway, rating_id, {"step": "visited", "visit_result": 1})[0] == 200
+    assert step(gateway, rating_id, {"step": "rectifying", "deadline": "2099-02-30"})[0] == 400  # no such day
+    assert step(gateway, rating_id, {"step": "rectifying", "deadline": "2099-06-30"})[0] == 200
+    overdue = json.loads(call(gateway, "GET", "/api/v1/workorders?overdue=1", key=MANAGER)[1])["workorders"]
+    assert overdue == []  # the new deadline is the work order's
+    other = bad_rating(gateway, device)
+    assert step(gateway, other, {"step": "appealed", "content": "误按"})[0] == 200
+    status, answer = step(gateway, other, {"step": "appeal_upheld", "content": "成立", "handler": "someone-else"})
+    assert status == 409  # the same account, whatever 工号 it names
+    entries = [r["detail"] for r in gateway.reader.execute("SELECT detail FROM audit WHERE action LIKE 'workorder_%'")]
+    assert entries and all("误按" not in e for e in entries) and "handler mgr1" in entries[0]
