@@ -157,6 +157,15 @@ class Simulator:
         self.work.submit(run)
 
     def _refresh(self) -> None:
+        """Apply what the workers prepared and follow the devices, every REFRESH_MS. It always comes round
+        again, whatever one round raised: its timer is also what lets Tk's loop return to Python, where a
+        SIGTERM (or Ctrl-C) takes effect."""
+        try:
+            self._refresh_once()
+        finally:
+            self.root.after(REFRESH_MS, self._refresh)
+
+    def _refresh_once(self) -> None:
         while not self.updates.empty():
             self.updates.get_nowait()()
         for panel in self.panels:
@@ -171,7 +180,6 @@ class Simulator:
             if device.running and frame != panel.shown_frame:
                 panel.shown_frame = frame
                 self.work.submit(self._grab, panel)
-        self.root.after(REFRESH_MS, self._refresh)
 
     def _grab(self, panel: DevicePanel) -> None:
         try:
@@ -183,8 +191,10 @@ class Simulator:
         self.updates.put(lambda: panel.show(png.getvalue(), self.zoom))
 
     def _side_panel(self) -> None:
-        self.work.submit(self._read_hall)
-        self.root.after(1000, self._side_panel)
+        try:
+            self.work.submit(self._read_hall)
+        finally:
+            self.root.after(1000, self._side_panel)
 
     def _read_hall(self) -> None:
         try:
