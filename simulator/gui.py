@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import os
 import queue
+import signal
 import tempfile
 import time
 import tkinter as tk
@@ -243,6 +245,15 @@ def open_hall(workdir: Path, devices: int) -> tuple[Hall, list[tuple[SimDevice, 
     return hall, started
 
 
+def _wake_on_signals(root: tk.Tk) -> None:
+    """Let a signal wake Tk's loop: Python runs a signal's handler (SIGTERM: exit) only once Tk returns to it,
+    and Tk, waiting for its next event, would not; the signal's byte on the wake-up pipe is such an event."""
+    readable, writable = os.pipe()
+    os.set_blocking(writable, False)
+    signal.set_wakeup_fd(writable)
+    root.tk.createfilehandler(readable, tk.READABLE, lambda *_: os.read(readable, 512))
+
+
 def run(devices: int = 3, workdir: Path | None = None, zoom: int = 1, say=print) -> None:
     """Open the simulator window until it is closed."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,6 +261,7 @@ def run(devices: int = 3, workdir: Path | None = None, zoom: int = 1, say=print)
         hall, started = open_hall(work, devices)
         try:
             root = tk.Tk()
+            _wake_on_signals(root)
             app = Simulator(root, hall, started, zoom)
             say(f"gateway database {hall.db_path}; rating pages and case API {hall.api_url} "
                 f"(key {hall.api_key}); province {hall.province.url}/sim/records")
