@@ -48,13 +48,14 @@ def create_sessions(port: int) -> None:
         client.loop_stop()
 
 
-def prequeue(port: int, count: int) -> None:
+def prequeue(port: int, messages) -> None:
+    """Publish (topic, payload) messages at QoS 1, a bounded number in flight, and wait until all are out."""
     publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-publisher")
     publisher.max_inflight_messages_set(1000)
     publisher.connect("127.0.0.1", port)
     publisher.loop_start()
     last = None
-    for n, (topic, payload) in enumerate(ratings(count)):
+    for n, (topic, payload) in enumerate(messages):
         last = publisher.publish(topic, payload, qos=1)
         if n % 5000 == 4999:
             last.wait_for_publish(60)  # bound what is in flight
@@ -115,7 +116,7 @@ def drain_gateway(port: int, count: int, workdir: Path) -> float:
 def figures():
     with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
         create_sessions(broker.port)
-        prequeue(broker.port, BACKLOG)
+        prequeue(broker.port, ratings(BACKLOG))
         broker_rate = drain_mosquitto_sub(broker.port, BACKLOG)
         paho_rate = drain_paho(broker.port, BACKLOG)
         gateway_rate = drain_gateway(broker.port, BACKLOG, Path(tmp))

@@ -18,7 +18,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from bench.gateway_ingest import prequeue
 from gateway.access import key_entry
+from protocol import codec
 from simulator.broker import Broker, free_port
 from simulator.hall import GatewayProcess
 from simulator.province import Province
@@ -31,28 +33,13 @@ TRIALS = 3
 KEY = "bench-window-key-0123456789"
 
 
-def prequeue(port: int, trial: int) -> None:
-    """BACKLOG ratings from the hall's devices, published while the gateway is away."""
-    import paho.mqtt.client as mqtt
-
-    from protocol import codec
-
-    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-backlog")
-    publisher.max_inflight_messages_set(1000)
-    publisher.connect("127.0.0.1", port)
-    publisher.loop_start()
-    sent = None
+def backlog(trial: int):
+    """BACKLOG ratings from the hall's devices, to publish while the gateway is away."""
     for i in range(BACKLOG):
         dev = f"D{i % DEVICES:04d}"
-        payload = codec.encode({"v": 1, "k": "rating", "dev": dev, "boot": f"{trial:08x}", "seq": i + 1,
-                                "id": f"{trial:04x}{i:012x}", "t": int(time.time()), "ms": i, "case": None,
-                                "lvl": codec.LEVELS[i % 5], "pub": True})
-        sent = publisher.publish(codec.topic(HALL, dev, "rating"), payload, qos=1)
-        if i % 5000 == 4999:
-            sent.wait_for_publish(60)  # bound what is in flight
-    sent.wait_for_publish(60)
-    publisher.disconnect()
-    publisher.loop_stop()
+        yield codec.topic(HALL, dev, "rating"), codec.encode({
+            "v": 1, "k": "rating", "dev": dev, "boot": f"{trial:08x}", "seq": i + 1, "id": f"{trial:04x}{i:012x}",
+            "t": int(time.time()), "ms": i, "case": None, "lvl": codec.LEVELS[i % 5], "pub": True})
 
 
 class Devices:
@@ -116,7 +103,7 @@ def trial(n: int, gateway: GatewayProcess, devices: Devices, broker_port: int, p
           db_path: Path, api: str, monitor: str) -> dict:
     gateway.kill()
     devices.unplug()
-    prequeue(broker_port, n)
+    prequeue(broker_port, backlog(n))
     stored_before = _count(db_path)
     at_province = province.count()
     report = json.dumps({"project_no": f"RESTART{n}", "task_code": "361100-000-XK-001", "task_name": "不动产登记",
