@@ -145,10 +145,12 @@ def figures():
             results = [trial(n, gateway, devices, broker.port, province, db_path, api, monitor)
                        for n in range(TRIALS)]
         finally:
-            if devices is not None:
-                devices.stop()
-            gateway.stop()
-            province.stop()
+            try:
+                if devices is not None:
+                    devices.stop()
+            finally:  # the gateway and the province go whatever the devices did
+                gateway.stop()
+                province.stop()
     for r in results:
         print(f"  restart: healthy {r['healthy']:.2f} s, case API {r['api']:.2f} s, backlog of {BACKLOG} stored "
               f"{r['backlog']:.2f} s, devices online {r['online']}", flush=True)
