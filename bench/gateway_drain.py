@@ -34,9 +34,9 @@ def fill(path: Path, count: int) -> None:
     now = time.time()
     calendar = WorkCalendar()
     for start in range(0, count, FILL_BATCH):
-        batch = [{"origin": f"D{i % DEVICES:04d}", "rid": f"{i:016x}", "channel": "device", "boot": "0a1b2c3d",
-                  "seq": i // DEVICES + 1, "case_ref": None, "level": "satisfied", "public": 1, "reasons": None,
-                  "comment": None, "device_time": now, "received_at": now, "assessed_at": now}
+        batch = [ratings.from_device({"dev": f"D{i % DEVICES:04d}", "id": f"{i:016x}", "boot": "0a1b2c3d",
+                                      "seq": i // DEVICES + 1, "case": None, "lvl": "satisfied", "pub": True,
+                                      "t": now}, now)
                  for i in range(start, min(count, start + FILL_BATCH))]
         conn.execute("BEGIN")
         ratings.store_many(conn, batch, calendar, 10)
