@@ -157,3 +157,7 @@ def soak(heapsize: str, cycles: int, offline: int, firmware: Path, workdir: Path
     except (soak_module.SoakFailed, DeviceError) as e:
         raise click.ClickException(f"soak failed: {e}") from None
     click.echo(result.summary())
+
+
+if __name__ == "__main__":
+    main()

@@ -378,8 +378,8 @@ class Fleet:
         self.say(f"fault: {fault.kind}{lasting}")
         rng = random.Random(f"{self.scenario.seed}/fault/{number}")
         if fault.kind in Hall.FAULTS:
-            end = await asyncio.to_thread(self.hall.begin_fault, fault)
-            ending = (lambda: asyncio.to_thread(end)) if end else None
+            end = await self._timed(f"fault {number} ({fault.kind}) begins", self.hall.begin_fault, fault)
+            ending = (lambda: self._timed(f"fault {number} ({fault.kind}) ends", end)) if end else None
         elif fault.kind == "network_cut":
             ending = await self._network_cut(fault, rng)
         elif fault.kind == "power_cut":
@@ -389,6 +389,21 @@ class Fleet:
         if ending:
             await asyncio.sleep(fault.duration)
             await ending()
+
+    async def _timed(self, what: str, call, *args):
+        """Run a blocking hall call off the loop and say how long it waited for a thread and how long it took."""
+        due = time.monotonic()
+        began = 0.0
+
+        def timed():
+            nonlocal began
+            began = time.monotonic()
+            return call(*args)
+        try:
+            return await asyncio.to_thread(timed)
+        finally:
+            done = time.monotonic()
+            self.say(f"{what}: waited {began - due:.2f} s for a thread, took {done - began:.2f} s")
 
     async def _network_cut(self, fault: Fault, rng: random.Random) -> Callable[[], Awaitable]:
         virtual = rng.sample(self.virtual, min(fault.devices, len(self.virtual)))
