@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from simulator import leash
+
 REPO = Path(__file__).resolve().parent.parent
 GATEWAY_SETTINGS = REPO / "gateway" / "mosquitto.conf"
 
@@ -110,6 +112,7 @@ class Broker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=self.workdir,
+            **leash.options(),
         )
         if not wait_for_port(self.port, timeout, self.proc):
             self.stop()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from simulator import leash
 from simulator.broker import BrokerError
 
 
@@ -15,8 +16,10 @@ from simulator.broker import BrokerError
 @click.version_option(package_name="hcp-evaluator")
 def main() -> None:
     """Simulated evaluators, halls and the provincial system."""
-    # SIGTERM unwinds like Ctrl-C, so the broker, gateway and device processes a command started stop with it.
+    # SIGTERM unwinds like Ctrl-C, so the broker, gateway and device processes a command started stop with it;
+    # and should the command die without unwinding (SIGKILL), the leash's guard ends them (simulator/leash.py).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    leash.hold()
 
 
 def _scenario_options(command):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from simulator import micropython
+from simulator import leash, micropython
 
 RESET_EXIT = 75  # firmware/boards/sim.py: the board asked to be reset
 
@@ -64,7 +64,8 @@ class SimDevice:
                    HCP_SIM_WIDTH=str(self.size[0]), HCP_SIM_HEIGHT=str(self.size[1]))
         self._log = open(self.flash / "console.log", "ab")
         self.proc = subprocess.Popen(micropython.command([str(self.firmware / "main.py")], self.heapsize),
-                                     env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.flash)
+                                     env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.flash,
+                                     **leash.options())
         try:
             self._conn, _ = listener.accept()
         except OSError:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gateway import settings
 from gateway.access import key_entry
+from simulator import leash
 from simulator.broker import Broker, free_port, stop_process
 from simulator.province import Province
 from simulator.scenario import Fault
@@ -52,7 +53,7 @@ class GatewayProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(settings.dump(self.values))
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command, stdout=log, stderr=log, cwd=self.workdir)
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=log, cwd=self.workdir, **leash.options())
         return self
 
     def kill(self) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from simulator import scenario as scenarios
 from simulator.fleet import Fleet
+from simulator.leash import processes_under
 
 BIN = Path(sys.executable).parent
 
@@ -117,25 +119,9 @@ def test_headless_demo_prints_the_summary_and_saves_screens(tmp_path):
     assert {"idle", "prompt"} <= {name.rsplit("-", 1)[1][:-4] for name in shots}
 
 
-def processes_under(folder: Path) -> list[int]:
-    """Live processes started for a run in `folder`: named in their command line or environment."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            text = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
-            state = (proc / "stat").read_text().split(") ", 1)[1][:1]
-        except OSError:
-            continue
-        if str(folder).encode() in text and state != "Z":
-            found.append(int(proc.name))
-    return found
-
-
-def terminate_leaves_nothing(command: list[str], work: Path, ready: str, env=None) -> None:
-    """Start an hcp-sim command for `work`, wait for its `ready` line, send SIGTERM: it must exit, and every
-    process it started (broker, gateway, two real-firmware devices) must end with it."""
+def terminate_leaves_nothing(command: list[str], work: Path, ready: str, env=None, sig=signal.SIGTERM) -> None:
+    """Start an hcp-sim command for `work`, wait for its `ready` line, send `sig`: it must exit, and every
+    process it started (broker, gateway, two real-firmware devices, the leash's guard) must end with it."""
     from tests.helpers import wait_until
 
     started = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
@@ -144,9 +130,12 @@ def terminate_leaves_nothing(command: list[str], work: Path, ready: str, env=Non
             if ready in line:
                 break
         assert len(processes_under(work)) >= 4, processes_under(work)
-        started.terminate()
+        guard = f"hcp-sim leash of {started.pid}"
+        assert len(processes_under(guard)) == 1
+        started.send_signal(sig)
         assert started.wait(timeout=60) != 0
-        wait_until(lambda: not processes_under(work), 20, "every process it started gone")
+        wait_until(lambda: not processes_under(work) and not processes_under(guard), 20,
+                   "every process it started gone")
     finally:
         started.kill()
         started.wait()
@@ -155,3 +144,10 @@ def terminate_leaves_nothing(command: list[str], work: Path, ready: str, env=Non
 def test_sigterm_ends_a_run_with_every_process_it_started(tmp_path):
     work = tmp_path / "run"
     terminate_leaves_nothing([str(BIN / "hcp-sim"), "run", "demo", "--workdir", str(work)], work, "open:")
+
+
+def test_sigkill_of_a_run_ends_every_process_it_started(tmp_path):
+    """SIGKILLed, hcp-sim cannot stop anything itself: the leash's guard ends its broker, gateway and devices."""
+    work = tmp_path / "run"
+    terminate_leaves_nothing([str(BIN / "hcp-sim"), "run", "demo", "--workdir", str(work)], work, "open:",
+                             sig=signal.SIGKILL)
