@@ -12,6 +12,11 @@ database, both read as named rows:
   already rated, as presses confirmed. The host sees a real device's screen, not which case its prompt was
   for, so these are counted rather than matched to cases;
 - nothing twice; whatever the province refused is listed as a dead letter with its reason.
+
+A case the window system finished but never got to the gateway (still in its queue when the day ended, or
+refused by the case API) is not the gateway's loss: it is counted apart, as `unreported`, and fails the day
+all the same, as a case lost does; so does a process of the day still alive after it (`orphans`, counted by
+the fleet once the hall has closed).
 """
 from __future__ import annotations
 
@@ -47,19 +52,20 @@ class Result:
     duplicates: int = 0
     lost: int = 0
     wrong: int = 0  # at the province with another level or channel than the citizen chose
-    unreported: int = 0  # cases the window system could not report (the gateway away too long)
+    unreported: int = 0  # cases the window system never got to the gateway (never reported: not lost by it)
+    orphans: int = 0  # processes of the day (broker, gateway, device) alive after the hall closed
     dead_letters: list = field(default_factory=list)  # (case or rating, reason)
     problems: list = field(default_factory=list)  # what each violation was, for the report
     latencies: list = field(default_factory=list)  # seconds from a virtual device's press to the province
 
     @property
     def ok(self) -> bool:
-        return not (self.duplicates or self.lost or self.wrong)
+        return not (self.duplicates or self.lost or self.wrong or self.unreported or self.orphans)
 
     def summary(self) -> str:
         return (f"cases={self.cases} pressed={self.pressed} phone={self.phone} defaults={self.defaults} "
                 f"stored={self.stored} forwarded={self.forwarded} dead_letters={len(self.dead_letters)} "
-                f"duplicates={self.duplicates} lost={self.lost}")
+                f"unreported={self.unreported} orphans={self.orphans} duplicates={self.duplicates} lost={self.lost}")
 
 
 class Landed(NamedTuple):
@@ -82,7 +88,7 @@ class Seen:
     cases: dict[str, Case]  # every case the window system reported, by reference
     virtual: dict[str, dict]  # virtual device -> its presses: rating id -> (case, level, wall time)
     firmware: dict[str, list[str]]  # firmware device -> the level of each press its thanks screen confirmed
-    unreported: int = 0
+    unreported: list = field(default_factory=list)  # (case, why) the window system never got to the gateway
 
 
 def landed(hall: Hall) -> list[Landed]:
@@ -112,7 +118,7 @@ def _rated(case: Case, seen: Seen) -> bool:
 
 
 def check(hall: Hall, seen: Seen) -> Result:
-    result = Result(cases=len(seen.cases), unreported=seen.unreported)
+    result = Result(cases=len(seen.cases))
     records = landed(hall)
     result.forwarded = len(records)
     result.stored = hall.rows("SELECT count(*) AS n FROM ratings")[0]["n"]
@@ -142,6 +148,8 @@ def check(hall: Hall, seen: Seen) -> Result:
             if first.pf != channel or first.satisfaction != PROFILE.satisfaction(case.level):
                 problem("wrong", f"case {ref}: the citizen chose {case.level} by {case.outcome}, the province has "
                                  f"pf {first.pf} satisfaction {first.satisfaction}")
+    for ref, why in seen.unreported:
+        problem("unreported", f"case {ref} was never reported to the gateway: {why}")
     for dev, presses in seen.virtual.items():
         for rating_id, (case_ref, _, pressed_at) in presses.items():
             arrived = by_eval.get(upstream.eval_id(PROFILE.source, dev, rating_id))

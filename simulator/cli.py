@@ -39,6 +39,8 @@ def _scenario_options(command):
 def _hall_day(scenario_name: str, seconds: float | None, screens: Path | None, workdir: Path | None) -> None:
     from simulator import scenario as scenarios
     from simulator.demo import run_day
+    from simulator.device import DeviceError
+    from simulator.hall import HallError
 
     try:
         chosen = scenarios.load(Path(scenario_name))
@@ -48,8 +50,8 @@ def _hall_day(scenario_name: str, seconds: float | None, screens: Path | None, w
         chosen = chosen.with_seconds(seconds)
     try:
         result = run_day(chosen, workdir, screens, say=click.echo)
-    except BrokerError as e:
-        raise click.ClickException(str(e)) from None
+    except (BrokerError, HallError, DeviceError) as e:
+        raise click.ClickException(f"the hall failed: {e}") from None
     if not result.ok:
         raise click.ClickException("the invariant does not hold (see VIOLATION lines above)")
 

@@ -47,6 +47,7 @@ class SimDevice:
         self._pieces: list[bytes] = []
         self._frame_seen = threading.Condition()
         self._send_lock = threading.Lock()  # presses, plugs and screen requests come from several threads
+        self._power = threading.RLock()  # switching on and off, from several threads: one process at a time
         self.proc: subprocess.Popen | None = None
         self._conn: socket.socket | None = None
         self.boots = 0
@@ -55,6 +56,19 @@ class SimDevice:
     # ---- power ----
 
     def start(self, timeout: float = 20) -> "SimDevice":
+        """Switch on. DeviceError if it is on already: one process per device, none lost."""
+        with self._power:
+            if self.running:
+                raise DeviceError(f"{self.device} is on already (pid {self.proc.pid})")
+            return self._boot(timeout)
+
+    def switch_on(self) -> None:
+        """Switch on unless it is on (when two power cuts overlap, both end)."""
+        with self._power:
+            if not self.running:
+                self._boot(20)
+
+    def _boot(self, timeout: float) -> "SimDevice":
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
@@ -86,10 +100,11 @@ class SimDevice:
 
     def power_cut(self) -> None:
         """SIGKILL: the process dies mid-whatever, as a board does when its power goes."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-        self._close()
+        with self._power:
+            if self.proc and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGKILL)
+                self.proc.wait()
+            self._close()
 
     def stop(self) -> None:
         self.power_cut()

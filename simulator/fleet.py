@@ -14,6 +14,12 @@ that citizen's case's prompt, and holds until the screen answers; when a fault s
 device was cut off; no thanks: the power went mid-press), the window reports a new case and the citizen
 presses again, after closing if need be. So each firmware device confirms at least `guaranteed[dev]` presses
 on its screen, or the day fails.
+
+Cases go to the gateway through the window system (hall.WindowSystem), which keeps a case the gateway cannot
+take in its queue until the gateway is back; a citizen waits PROMPT_WAIT_S for it and leaves, the case then
+gets its default rating. Blocking work runs on threads kept for it, so nothing waits for another's thread:
+the window system has its own, each firmware window one, and the hall's faults and days passing theirs (one
+more than there are faults). A fault whose call fails (a gateway that cannot start) ends the day at once.
 """
 from __future__ import annotations
 
@@ -22,16 +28,16 @@ import concurrent.futures
 import random
 import threading
 import time
-import urllib.error
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import codec
 from simulator import check as checker
+from simulator import leash
 from simulator.check import Case, Result, Seen
 from simulator.device import DeviceError, SimDevice
-from simulator.hall import Hall
+from simulator.hall import Hall, WindowSystem
 from simulator.scenario import Fault, Scenario
 from simulator.virtual import VirtualDevice
 
@@ -66,7 +72,11 @@ class Fleet:
         self._say = say
         self._began = time.monotonic()
         self.rng = random.Random(scenario.seed)  # the virtual windows' (the event loop's thread only)
-        self.hall = Hall(self.workdir / "hall")
+        self.hall = Hall(self.workdir / "hall", say=self.say)
+        self.window_system: WindowSystem | None = None  # while the hall is open
+        self._hall_threads = concurrent.futures.ThreadPoolExecutor(len(scenario.faults) + 1, "hall-life")
+        self._window_threads = concurrent.futures.ThreadPoolExecutor(max(1, scenario.firmware_devices),
+                                                                     "firmware-window")
         self.cases: dict[str, Case] = {}
         self.virtual: list[VirtualDevice] = []
         self.real: list[SimDevice] = []
@@ -77,7 +87,7 @@ class Fleet:
         self._prompted: dict[str, asyncio.Future] = {}
         self._numbers = iter(range(1, 10**9))
         self._later: list[concurrent.futures.Future] = []  # QR ratings citizens will make later
-        self.unreported = 0
+        self.failure: BaseException | None = None  # what ended the day early
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opened = self._last_call = 0.0  # monotonic: when the hall opened, when late presses must stop
 
@@ -87,13 +97,23 @@ class Fleet:
     # ---- the day ----
 
     def run(self) -> Result:
-        """Run the day; whatever ends it, the device, gateway and broker processes end with it."""
+        """Run the day; whatever ends it, the device, gateway and broker processes end with it (checked: a
+        process of the day alive after it counts as an orphan)."""
         with self.hall:
+            self.window_system = WindowSystem(self.hall)
             try:
-                return asyncio.run(self._whole_day())
+                result = asyncio.run(self._whole_day())
             finally:
+                self.window_system.close()
                 for device in self.real:
                     device.stop()
+                for threads in (self._hall_threads, self._window_threads):
+                    threads.shutdown(cancel_futures=True)
+        left = leash.processes_under(self.workdir)
+        if left:
+            result.orphans = len(left)
+            result.problems.append(f"processes of the day alive after it closed: {left}")
+        return result
 
     async def _whole_day(self) -> Result:
         try:
@@ -110,6 +130,7 @@ class Fleet:
         hall = self.hall
         self.say(f"hall {hall.hall}: broker 127.0.0.1:{hall.broker.port}, gateway database {hall.db_path}, "
                  f"case API and rating pages {hall.api_url}, province {hall.province.url}")
+        self._failed = asyncio.Event()
         await self._open_windows()
         self.say(f"open: {len(self.real)} real-firmware and {len(self.virtual)} virtual evaluators; "
                  f"scenario {s.name!r} for {s.seconds:g} s with {len(s.faults)} faults")
@@ -119,16 +140,27 @@ class Fleet:
         for n, device in enumerate(self.real):
             citizens = self._firmware_citizens(n)
             self.guaranteed[device.device] = sum(1 for c in citizens if c.plan == "press")
-            windows.append(asyncio.to_thread(self._firmware_window, device, citizens))
+            windows.append(self._loop.run_in_executor(self._window_threads, self._firmware_window, device, citizens))
         windows += [self._virtual_window(d) for d in self.virtual]
         faults = [asyncio.create_task(self._fault(n, f)) for n, f in enumerate(s.faults)]
+        for fault in faults:
+            fault.add_done_callback(self._fault_done)
         running = asyncio.gather(*windows)
-        await asyncio.sleep(s.seconds)
+        try:
+            await asyncio.wait_for(self._failed.wait(), s.seconds)
+        except asyncio.TimeoutError:
+            pass
         self.closing.set()
         self._closed.set()
-        self.say("closing: no new citizens; waiting for those still at the counters and the ratings in flight")
+        if self.failure is None:
+            self.say("closing: no new citizens; waiting for those still at the counters and the ratings in flight")
         await running
+        if self.failure is not None:
+            raise self.failure
         await asyncio.gather(*faults)
+        if not await asyncio.to_thread(self.window_system.drain, 120):
+            self.say(f"the window system still has {len(self.window_system.unreported())} cases it could not "
+                     f"report after 120 s (the check lists them)")
         await asyncio.to_thread(concurrent.futures.wait, self._later)
         arrived = await asyncio.to_thread(self._wait_forwarded, 120)
         self.say("every rating made is at the province" if arrived else
@@ -137,7 +169,7 @@ class Fleet:
         await self._close_windows()
         if s.days_after:
             self.say(f"{s.days_after:g} days pass: the gateway issues default ratings for cases nobody rated")
-            await asyncio.to_thread(self.hall.days_pass, s.days_after)
+            await self._timed("days passing", self.hall.days_pass, s.days_after)
             await asyncio.to_thread(self._wait_all_cases, 120)
         return await asyncio.to_thread(self.check)
 
@@ -195,15 +227,13 @@ class Fleet:
             return "press", level, reasons
         return ("qr" if rng.random() < s.rate_later else "leave"), level, reasons
 
-    def _report(self, case: Case) -> bool:
-        """The window system reports the case; False if the gateway would not take it."""
-        try:
-            case.url = self.hall.finish_case(case.ref, case.window, retry_s=60)["url"]
-        except (OSError, urllib.error.HTTPError) as e:
-            self.say(f"the window system could not report case {case.ref}: {e}")
-            return False
-        self.cases[case.ref] = case
-        return True
+    def _report(self, case: Case) -> concurrent.futures.Future:
+        """The window system takes the finished case: the future is done once the gateway has it (with the case
+        API's answer; None if it refused it or the day ended first). The case is the day's once reported."""
+        def reported(answer: dict) -> None:
+            case.url = answer["url"]
+            self.cases[case.ref] = case
+        return self.window_system.report(case.ref, case.window, reported)
 
     # ---- a window with a virtual evaluator ----
 
@@ -215,28 +245,34 @@ class Fleet:
             except asyncio.TimeoutError:
                 pass
             case = self._new_case(device.dev, device.window)
-            prompted = self._prompted[case.ref] = self._loop.create_future()
             plan, level, reasons = self._plan()
-            if not await asyncio.to_thread(self._report, case):
-                self.unreported += 1
-                continue
+            if not await self._served(case, until_prompted=plan == "press"):
+                continue  # the gateway away or the evaluator blank: the citizen leaves, the case gets its default
             if plan == "press":
-                try:
-                    await asyncio.wait_for(prompted, PROMPT_WAIT_S)
-                except asyncio.TimeoutError:
-                    continue  # the evaluator showed nothing (offline): the citizen leaves
-                finally:
-                    self._prompted.pop(case.ref, None)
                 await asyncio.sleep(self.rng.uniform(*self.scenario.think_s))
                 rating_id = device.press(level, reasons)
                 if rating_id:
                     rated = self.cases.get(device.pressed[rating_id][0])
                     if rated:
                         rated.outcome, rated.level = "press", level
-            else:
-                self._prompted.pop(case.ref, None)
-                if plan == "qr":
-                    self._rate_later_soon(case, level, reasons)
+            elif plan == "qr":
+                self._rate_later_soon(case, level, reasons)
+
+    async def _served(self, case: Case, until_prompted: bool) -> bool:
+        """Report the case; True once the gateway has it and, `until_prompted`, once the evaluator shows its
+        prompt, each within PROMPT_WAIT_S (as long as a citizen waits). A case the gateway does not have by then
+        stays in the window system's queue."""
+        prompted = self._prompted[case.ref] = self._loop.create_future()
+        try:
+            if not await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._report(case))), PROMPT_WAIT_S):
+                return False
+            if until_prompted:
+                await asyncio.wait_for(prompted, PROMPT_WAIT_S)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._prompted.pop(case.ref, None)
 
     def _on_prompt(self, device: VirtualDevice, case_ref: str) -> None:
         waiting = self._prompted.get(case_ref)
@@ -291,8 +327,7 @@ class Fleet:
             self._until_online(device)
             case = self._new_case(device.device, device.window)
             since = device.mark()
-            if not self._report(case):
-                self.unreported += 1
+            if not self._reported(case):
                 continue
             try:
                 shown = device.wait_prompt(since, FIRMWARE_PROMPT_S)
@@ -329,8 +364,7 @@ class Fleet:
     def _walk_away(self, device: SimDevice, citizen: Citizen) -> None:
         case = self._new_case(device.device, device.window)
         since = device.mark()
-        if not self._report(case):
-            self.unreported += 1
+        if not self._reported(case):
             return
         if citizen.plan == "qr":
             self._rate_later_soon(case, citizen.level, list(citizen.reasons))
@@ -338,6 +372,18 @@ class Fleet:
             device.wait_prompt(since, FIRMWARE_PROMPT_S)
         except DeviceError:
             pass
+
+    def _reported(self, case: Case) -> bool:
+        """Report the case and wait until the gateway has it: while it is queued the window waits too (its next
+        case would queue behind it, and this one's prompt could be taken for the next's). False when the day
+        ends first (the case stays queued) or the gateway refused the case."""
+        report = self._report(case)
+        while not self.ending.is_set() and time.monotonic() < self._last_call:
+            try:
+                return report.result(timeout=0.5) is not None
+            except TimeoutError:
+                pass
+        return False
 
     def _until_online(self, device: SimDevice) -> None:
         """Until the gateway lists the device online (the window's staff would see it offline, and wait)."""
@@ -390,8 +436,22 @@ class Fleet:
             await asyncio.sleep(fault.duration)
             await ending()
 
+    def _fault_done(self, task: asyncio.Task) -> None:
+        """A fault that failed (a gateway that could not start again) ends the day now; the run fails with it."""
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+            self.say(f"the day ends early: {type(self.failure).__name__}: {self.failure}")
+            self.closing.set()
+            self.ending.set()
+            self._closed.set()
+            self._failed.set()
+
+    def _in_hall_thread(self, call, *args) -> Awaitable:
+        """A blocking call of a fault or of days passing, on the threads kept for them (never the windows')."""
+        return self._loop.run_in_executor(self._hall_threads, call, *args)
+
     async def _timed(self, what: str, call, *args):
-        """Run a blocking hall call off the loop and say how long it waited for a thread and how long it took."""
+        """`_in_hall_thread`, saying how long the call waited for its thread and how long it took."""
         due = time.monotonic()
         began = 0.0
 
@@ -400,7 +460,7 @@ class Fleet:
             began = time.monotonic()
             return call(*args)
         try:
-            return await asyncio.to_thread(timed)
+            return await self._in_hall_thread(timed)
         finally:
             done = time.monotonic()
             self.say(f"{what}: waited {began - due:.2f} s for a thread, took {done - began:.2f} s")
@@ -413,32 +473,32 @@ class Fleet:
         for device in virtual:
             device.unplug()
         for device in real:
-            await asyncio.to_thread(device.unplug)
+            await self._in_hall_thread(device.unplug)
 
         async def replug() -> None:
             for device in virtual:
                 device.replug()
             for device in real:
-                await asyncio.to_thread(device.replug)
+                await self._in_hall_thread(device.replug)
         return replug
 
     async def _power_cut(self, fault: Fault, rng: random.Random) -> Callable[[], Awaitable]:
         real = rng.sample(self.real, min(fault.firmware, len(self.real)))
         self.say(f"power cut: {', '.join(d.device for d in real) or 'no real-firmware evaluator'}")
         for device in real:
-            await asyncio.to_thread(device.power_cut)
+            await self._in_hall_thread(device.power_cut)
 
         async def power_on() -> None:
             for device in real:
-                await asyncio.to_thread(device.start)
+                await self._in_hall_thread(device.switch_on)
         return power_on
 
     # ---- the end: wait, then check ----
 
     def seen(self) -> Seen:
         """What the day did, for simulator/check.py."""
-        return Seen(cases=self.cases, virtual={d.dev: d.pressed for d in self.virtual},
-                    firmware=self.confirmed_real, unreported=self.unreported)
+        return Seen(cases=dict(self.cases), virtual={d.dev: d.pressed for d in self.virtual},
+                    firmware=self.confirmed_real, unreported=self.window_system.unreported())
 
     def _wait_forwarded(self, timeout: float) -> bool:
         """Until every rating made is at the province: False if the time ran out first."""

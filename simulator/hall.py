@@ -4,20 +4,28 @@ simulated province, and the calls a window system and a citizen's phone make to 
 Used by `hcp-sim run`, `hcp-sim demo`, `hcp-sim gui` and the benchmarks. Every fault a scenario can inject
 on the hall's side is here (`Hall.begin_fault`: broker restart, gateway kill, province outage, province
 errors), and days passing; the devices' own faults (network and power cuts) are the fleet's.
+
+One gateway at a time: every change to the gateway's life (start, kill, stop, days passing) holds the hall's
+one lock, a start refuses while the process it started last is alive, and a start that finds the gateway's
+ports taken says so and fails instead of leaving two gateways fighting over them.
 """
 from __future__ import annotations
 
 import json
+import queue
 import secrets
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 from gateway import settings
@@ -50,17 +58,29 @@ class GatewayProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "GatewayProcess":
+        """Start the gateway; HallError, and nothing started, while the last one started is alive or while
+        another process holds its ports."""
+        if self.running:
+            raise HallError(f"the gateway (pid {self.proc.pid}) is running: one gateway at a time")
+        for key in ("api.port", "http.port"):
+            port = self.values.get(key)
+            if port and _taken(self.values.get(key.split(".")[0] + ".host", "127.0.0.1"), port):
+                others = leash.processes_under(self.config_path)
+                raise HallError(f"the gateway's {key} {port} is taken (gateway processes of this config still "
+                                f"alive: {others or 'none'}): not starting a second gateway")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(settings.dump(self.values))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command, stdout=log, stderr=log, cwd=self.workdir, **leash.options())
         return self
 
-    def kill(self) -> None:
-        """SIGKILL: no chance to commit, flush or say goodbye."""
+    def kill(self) -> int | None:
+        """SIGKILL: no chance to commit, flush or say goodbye. The pid killed, None if none was running."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+            return self.proc.pid
+        return None
 
     def stop(self) -> None:
         stop_process(self.proc, 30)
@@ -70,10 +90,22 @@ class GatewayProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+def _taken(host: str, port: int) -> bool:
+    """Whether a process listens on host:port (a port left in TIME_WAIT is free to the gateway, as to this)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 class Hall:
     """Broker, province and gateway of one hall, with the window system's and the phones' calls."""
 
-    def __init__(self, workdir: Path, hall: str = HALL, gateway_values: dict | None = None):
+    def __init__(self, workdir: Path, hall: str = HALL, gateway_values: dict | None = None,
+                 say: Callable[[str], None] = lambda text: None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.hall = hall
@@ -87,6 +119,9 @@ class Hall:
         self.db_path = self.workdir / "gateway.db"
         self._gateway_values = gateway_values or {}
         self.gateway: GatewayProcess | None = None
+        self.say = say
+        self._life = threading.RLock()  # held by every change to the gateway's life: one at a time
+        self.gateway_starts: list[float] = []  # seconds from each start to a healthy gateway
 
     # ---- lifecycle ----
 
@@ -100,13 +135,14 @@ class Hall:
                   "upstream.app_key": APP_KEY, "upstream.app_secret": self.app_secret, "upstream.area_code": AREA,
                   "upstream.backoff_base_s": 0.2, "upstream.backoff_max_s": 2.0, "upstream.timeout_s": 3.0,
                   **self._gateway_values}
-        self.gateway = GatewayProcess(self.workdir / "gateway", values).start()
-        self.wait_gateway(timeout)
+        self.gateway = GatewayProcess(self.workdir / "gateway", values)
+        self.start_gateway(timeout)
         return self
 
     def stop(self) -> None:
-        if self.gateway:
-            self.gateway.stop()
+        with self._life:
+            if self.gateway:
+                self.gateway.stop()
         self.province.stop()
         self.broker.stop()
 
@@ -129,10 +165,14 @@ class Hall:
             return None
 
     def wait_gateway(self, timeout: float = 30) -> None:
+        """Until the gateway this hall started answers healthy (its own process: checked first, so no other
+        process on its port can answer for it)."""
         deadline = time.monotonic() + timeout
-        while not self.healthy():
+        while True:
             if not self.gateway.running:
                 raise HallError(f"the gateway exited: {self.gateway_log()[-1500:]}")
+            if self.healthy():
+                return
             if time.monotonic() > deadline:
                 raise HallError(f"the gateway was not healthy within {timeout} s: {self.gateway_log()[-1500:]}")
             time.sleep(0.05)
@@ -162,11 +202,27 @@ class Hall:
         raise ValueError(f"{fault.kind} is not a fault of the hall's (those are {', '.join(self.FAULTS)})")
 
     def kill_gateway(self) -> None:
-        self.gateway.kill()
+        with self._life:
+            pid = self.gateway.kill()
+            self.say(f"gateway pid {pid} SIGKILLed" if pid else "gateway_kill: no gateway was running")
 
-    def start_gateway(self) -> None:
-        self.gateway.start()
-        self.wait_gateway()
+    def start_gateway(self, timeout: float = 30) -> None:
+        """Start the gateway unless it is running, and wait until it is healthy. HallError if it cannot start
+        or is not healthy in time; then it is not left running."""
+        with self._life:
+            if self.gateway.running:
+                self.say(f"the gateway (pid {self.gateway.proc.pid}) is running already: not started again")
+                return
+            began = time.monotonic()
+            self.gateway.start()
+            try:
+                self.wait_gateway(timeout)
+            except BaseException:
+                self.gateway.kill()
+                raise
+            took = time.monotonic() - began
+            self.gateway_starts.append(took)
+            self.say(f"gateway pid {self.gateway.proc.pid} started, healthy after {took:.2f} s")
 
     def restart_broker(self) -> None:
         self.broker.restart()
@@ -179,10 +235,11 @@ class Hall:
 
     def days_pass(self, days: float) -> None:
         """Move the hall's clocks `days` ahead: the gateway restarts on the new time, the province follows."""
-        self.gateway.stop()
-        self.offset_s += days * 86400
-        self.gateway.values["clock.offset_s"] = self.offset_s
-        self.start_gateway()
+        with self._life:
+            self.gateway.stop()
+            self.offset_s += days * 86400
+            self.gateway.values["clock.offset_s"] = self.offset_s
+            self.start_gateway()
 
     # ---- what the window system and citizens' phones call ----
 
@@ -236,6 +293,83 @@ class Hall:
             return conn.execute(sql, args).fetchall()
         finally:
             conn.close()
+
+
+class WindowSystem:
+    """The hall's window system as it reports finished cases (办结) to the gateway's case API: in the order they
+    come, on threads of its own. A case it cannot report (the gateway away, or answering 5xx) stays in its queue
+    and is tried again until the gateway takes it, as a real window system's outbox does: the gateway being
+    away never costs a case, nor a thread the rest of the hall needs."""
+
+    RETRY_S = 0.2
+
+    def __init__(self, hall: Hall, workers: int = 8):
+        self.hall = hall
+        self.refused: list[tuple[str, str]] = []  # (case, why) the case API refused for good (4xx)
+        self._queue: queue.Queue = queue.Queue()
+        self._pending: dict[str, Future] = {}  # case -> its report, until the gateway has taken it or refused it
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._workers = [threading.Thread(target=self._work, name=f"window-system-{n}", daemon=True)
+                         for n in range(workers)]
+        for worker in self._workers:
+            worker.start()
+
+    def report(self, case_ref: str, window_no: str, reported: Callable[[dict], None] | None = None) -> Future:
+        """Take a finished case. The future is done with the case API's answer once the gateway has the case
+        (`reported(answer)` runs just before), or with None when it refused it or the window system closed."""
+        done: Future = Future()
+        with self._lock:
+            self._pending[case_ref] = done
+        self._queue.put((case_ref, window_no, reported, done))
+        return done
+
+    def unreported(self) -> list[tuple[str, str]]:
+        """(case, why) of every case taken that the gateway does not have: still queued, or refused."""
+        with self._lock:
+            return [(ref, "still in the window system's queue") for ref in self._pending] + self.refused
+
+    def drain(self, timeout: float) -> bool:
+        """Until every case taken has been reported (or refused); False if the time ran out first."""
+        deadline = time.monotonic() + timeout
+        while self._pending:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def close(self) -> None:
+        """Stop reporting; what is still queued stays unreported."""
+        self._closed.set()
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            worker.join(15)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            case_ref, window_no, reported, done = item
+            answer = self._until_taken(case_ref, window_no)
+            if answer is not None and reported:
+                reported(answer)
+            if answer is not None or not self._closed.is_set():
+                with self._lock:
+                    del self._pending[case_ref]
+            done.set_result(answer)
+
+    def _until_taken(self, case_ref: str, window_no: str) -> dict | None:
+        while not self._closed.is_set():
+            try:
+                return self.hall.finish_case(case_ref, window_no, retry_s=0)
+            except urllib.error.HTTPError as e:
+                if e.code < 500 and e.code != 429:
+                    with self._lock:
+                        self.refused.append((case_ref, f"refused: {e.code} {e.read()[:300].decode(errors='replace')}"))
+                    return None
+            except OSError:  # refused, reset or timed out: the gateway is away
+                pass
+            self._closed.wait(self.RETRY_S)
+        return None
 
 
 def _send(request: urllib.request.Request, retry_s: float) -> bytes:

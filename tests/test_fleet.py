@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from simulator import scenario as scenarios
 from simulator.fleet import Fleet
+from simulator.hall import Hall, HallError
 from simulator.leash import processes_under
 
 BIN = Path(sys.executable).parent
@@ -151,3 +154,31 @@ def test_sigkill_of_a_run_ends_every_process_it_started(tmp_path):
     work = tmp_path / "run"
     terminate_leaves_nothing([str(BIN / "hcp-sim"), "run", "demo", "--workdir", str(work)], work, "open:",
                              sig=signal.SIGKILL)
+
+
+def test_one_gateway_at_a_time_and_a_taken_port_fails_the_start(tmp_path):
+    """Kills and starts from many threads at once leave one gateway and lose none; a start that finds the
+    gateway's port taken says so and leaves nothing running."""
+    with Hall(tmp_path / "hall") as hall:
+        config = hall.gateway.config_path
+        first = hall.gateway.proc
+        hall.start_gateway()  # running: not started again
+        assert hall.gateway.proc is first
+        with pytest.raises(HallError, match="one gateway at a time"):
+            hall.gateway.start()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda n: hall.kill_gateway() if n % 2 else hall.start_gateway(), range(24)))
+        hall.start_gateway()
+        assert processes_under(config) == [hall.gateway.proc.pid]
+        assert hall.healthy()
+
+        hall.kill_gateway()
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", hall.api_port))
+            squatter.listen()
+            with pytest.raises(HallError, match=f"api.port {hall.api_port} is taken"):
+                hall.start_gateway()
+            assert processes_under(config) == []
+        hall.start_gateway()
+        assert processes_under(config) == [hall.gateway.proc.pid]
+    assert processes_under(tmp_path) == []
