@@ -48,6 +48,30 @@ def test_the_ci_hall_day_keeps_every_rating_through_broker_restart_gateway_kill_
     assert all(d.command_key and d.unsigned == 0 for d in fleet.virtual)
 
 
+def test_overlapping_faults_lose_nothing_and_leave_one_gateway(tmp_path, firmware_tree):
+    """Issue 18: the gateway SIGKILLed while the broker restarts, the province is down and a fifth of the
+    evaluators are cut off; killed again while still down and just after it came back; power cuts, 5xx from the
+    province, another outage. Every case at the province once, defaults issued after the days pass, every start
+    at once (no thread to wait for), no gateway started twice and nothing left running."""
+    day = scenarios.load(Path("overlap"))
+    assert set(scenarios.FAULT_KINDS) == {f.kind for f in day.faults}
+    fleet = Fleet(day, tmp_path, firmware_tree, say=print)
+    result = fleet.run()
+
+    assert result.ok, result.problems[:20]
+    assert (result.duplicates, result.lost, result.wrong, result.unreported, result.orphans) == (0, 0, 0, 0, 0)
+    assert result.dead_letters == []
+    assert result.forwarded == result.cases == result.stored
+    assert result.pressed > 200 and result.phone > 5 and result.defaults > 20
+    # Three restarts after kills (one kill fell while the gateway was down already), then the days passing.
+    log = (tmp_path / "hall" / "gateway" / "gateway.log").read_text()
+    assert log.count("gateway for hall") == len(fleet.hall.gateway_starts) == 5
+    assert "Address already in use" not in log
+    assert max(fleet.hall.gateway_starts) < 10
+    confirmed = {dev: len(levels) for dev, levels in fleet.confirmed_real.items()}
+    assert all(confirmed[dev] >= presses for dev, presses in fleet.guaranteed.items()), (confirmed, fleet.guaranteed)
+
+
 def test_a_firmware_window_has_its_citizens_from_the_seed_alone(tmp_path):
     """Who comes to a real-firmware window, when, and what they press depend on the scenario and its seed,
     never on how the day's timing falls: every window has pressing citizens."""
@@ -107,7 +131,7 @@ def test_run_refuses_a_missing_scenario_file(tmp_path):
     done = subprocess.run([str(BIN / "hcp-sim"), "run", str(tmp_path / "nope.toml")], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 1
-    assert "does not exist (built-in: ci, demo)" in done.stderr
+    assert "does not exist (built-in: ci, demo, overlap)" in done.stderr
 
 
 def test_headless_demo_prints_the_summary_and_saves_screens(tmp_path):
