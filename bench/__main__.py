@@ -13,6 +13,7 @@ from bench import (
     firmware_soak,
     firmware_tls,
     fleet_capacity,
+    fleet_overlap,
     gateway_drain,
     gateway_ingest,
     gateway_latency,
@@ -20,7 +21,7 @@ from bench import (
 )
 
 BENCHMARKS = [codec_speed, gateway_ingest, gateway_latency, gateway_drain, gateway_restart, firmware_soak, firmware_tls,
-              fleet_capacity]
+              fleet_capacity, fleet_overlap]
 
 
 def main() -> None:

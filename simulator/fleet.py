@@ -88,6 +88,7 @@ class Fleet:
         self._numbers = iter(range(1, 10**9))
         self._later: list[concurrent.futures.Future] = []  # QR ratings citizens will make later
         self.failure: BaseException | None = None  # what ended the day early
+        self.hall_call_waits: list[float] = []  # seconds each timed fault or days-passing call waited for a thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opened = self._last_call = 0.0  # monotonic: when the hall opened, when late presses must stop
 
@@ -463,6 +464,7 @@ class Fleet:
             return await self._in_hall_thread(timed)
         finally:
             done = time.monotonic()
+            self.hall_call_waits.append(began - due)
             self.say(f"{what}: waited {began - due:.2f} s for a thread, took {done - began:.2f} s")
 
     async def _network_cut(self, fault: Fault, rng: random.Random) -> Callable[[], Awaitable]:

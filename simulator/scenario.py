@@ -28,7 +28,7 @@ press, each once its case's prompt shows, again on a new case when a fault stopp
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from protocol import codec
@@ -80,6 +80,11 @@ class Scenario:
         """The same day, `seconds` long; faults that would fall after closing are dropped."""
         kept = tuple(f for f in self.faults if f.at < seconds)
         return Scenario(**{**self.__dict__, "seconds": seconds, "faults": kept})
+
+    def repeated(self, times: int) -> "Scenario":
+        """The same day `times` over without a break: `times` as long, its fault timeline again in each stretch."""
+        faults = tuple(replace(f, at=f.at + n * self.seconds) for n in range(times) for f in self.faults)
+        return replace(self, seconds=self.seconds * times, faults=faults)
 
 
 # table -> key -> (Scenario field, type, allowed range)

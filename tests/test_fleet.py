@@ -120,11 +120,14 @@ def test_a_bad_scenario_is_refused_with_where_and_why(document, message):
         scenarios.parse(document)
 
 
-def test_scenarios_load_by_name_and_shorten():
+def test_scenarios_load_by_name_shorten_and_repeat():
     day = scenarios.load(Path("demo"))
     assert day.firmware_devices == 2 and day.faults
     short = day.with_seconds(15)
     assert short.seconds == 15 and all(f.at < 15 for f in short.faults) and len(short.faults) < len(day.faults)
+    thrice = day.repeated(3)
+    assert thrice.seconds == 3 * day.seconds and thrice.virtual_devices == day.virtual_devices
+    assert [f.at for f in thrice.faults] == [f.at + n * day.seconds for n in range(3) for f in day.faults]
 
 
 def test_run_refuses_a_missing_scenario_file(tmp_path):
