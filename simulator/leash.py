@@ -47,9 +47,10 @@ def options() -> dict:
 
 
 def processes_under(folder: Path | str) -> list[int]:
-    """Live processes started for a run in `folder`: named in their command line or environment (or any text
-    so named); not this process, nor those that started it, which may name it too."""
-    found, mine = [], _lineage()
+    """Live processes started for a run in `folder`: naming it, or a path under it, in their command line or
+    environment (`folder` may be any text that ends an argument: a file, the guard's name); not this process,
+    nor those that started it, which may name it too."""
+    name, found, mine = str(folder).encode(), [], _lineage()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) in mine:
             continue
@@ -58,7 +59,7 @@ def processes_under(folder: Path | str) -> list[int]:
             state = _stat(proc)[0]
         except OSError:
             continue
-        if str(folder).encode() in text and state != "Z":
+        if (name + b"/" in text or name + b"\0" in text) and state != "Z":
             found.append(int(proc.name))
     return found
 
