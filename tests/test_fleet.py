@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -70,6 +71,27 @@ def test_overlapping_faults_lose_nothing_and_leave_one_gateway(tmp_path, firmwar
     assert max(fleet.hall.gateway_starts) < 10
     confirmed = {dev: len(levels) for dev, levels in fleet.confirmed_real.items()}
     assert all(confirmed[dev] >= presses for dev, presses in fleet.guaranteed.items()), (confirmed, fleet.guaranteed)
+
+
+def test_a_gateway_that_cannot_start_again_fails_the_day_at_once(tmp_path, monkeypatch):
+    """Another process takes the case API's port while the gateway is down: its start says so, the day ends
+    there (not after its 60 s) with that error, and nothing of it is left running."""
+    squatter = socket.socket()
+    kill = Hall.kill_gateway
+
+    def kill_and_squat(hall):
+        kill(hall)
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # its port has connections in TIME_WAIT
+        squatter.bind(("127.0.0.1", hall.api_port))
+        squatter.listen()
+    monkeypatch.setattr(Hall, "kill_gateway", kill_and_squat)
+    day = scenarios.parse({"seconds": 60, "days_after": 20, "devices": {"firmware": 0, "virtual": 5},
+                           "faults": [{"at": 1, "kind": "gateway_kill", "for": 1}]})
+    began = time.monotonic()
+    with squatter, pytest.raises(HallError, match="api.port .* is taken"):
+        Fleet(day, tmp_path, say=print).run()
+    assert time.monotonic() - began < 30
+    assert processes_under(tmp_path) == []
 
 
 def test_a_firmware_window_has_its_citizens_from_the_seed_alone(tmp_path):
