@@ -58,6 +58,7 @@ def test_overlapping_faults_lose_nothing_and_leave_one_gateway(tmp_path, firmwar
     assert set(scenarios.FAULT_KINDS) == {f.kind for f in day.faults}
     fleet = Fleet(day, tmp_path, firmware_tree, say=print)
     result = fleet.run()
+    print(result.summary())
 
     assert result.ok, result.problems[:20]
     assert (result.duplicates, result.lost, result.wrong, result.unreported, result.orphans) == (0, 0, 0, 0, 0)
