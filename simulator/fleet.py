@@ -463,9 +463,9 @@ class Fleet:
         try:
             return await self._in_hall_thread(timed)
         finally:
-            done = time.monotonic()
-            self.hall_call_waits.append(began - due)
-            self.say(f"{what}: waited {began - due:.2f} s for a thread, took {done - began:.2f} s")
+            if began:  # (not when the day ended before the call had a thread)
+                self.hall_call_waits.append(began - due)
+                self.say(f"{what}: waited {began - due:.2f} s for a thread, took {time.monotonic() - began:.2f} s")
 
     async def _network_cut(self, fault: Fault, rng: random.Random) -> Callable[[], Awaitable]:
         virtual = rng.sample(self.virtual, min(fault.devices, len(self.virtual)))
