@@ -46,6 +46,7 @@ FIRMWARE_PROMPT_S = 10.0  # how long a firmware window waits for its device to s
 FIRMWARE_ANSWER_S = 10.0  # ... and for its screen to answer a press
 FIRMWARE_ONLINE_S = 60.0  # ... and for the gateway to list the device online again before reporting a case
 FIRMWARE_GRACE_S = 60.0  # after closing, how long citizens whose press a fault stopped may still press
+REPORT_DRAIN_S = 120.0  # after closing, how long the window system may take to report the cases it still has
 DEVICE_REASONS = 5  # the reasons a firmware device offers after a 差评 (firmware/settings.py, the default config)
 
 
@@ -159,9 +160,9 @@ class Fleet:
         if self.failure is not None:
             raise self.failure
         await asyncio.gather(*faults)
-        if not await asyncio.to_thread(self.window_system.drain, 120):
+        if not await asyncio.to_thread(self.window_system.drain, REPORT_DRAIN_S):
             self.say(f"the window system still has {len(self.window_system.unreported())} cases it could not "
-                     f"report after 120 s (the check lists them)")
+                     f"report after {REPORT_DRAIN_S:g} s (the check lists them)")
         await asyncio.to_thread(concurrent.futures.wait, self._later)
         arrived = await asyncio.to_thread(self._wait_forwarded, 120)
         self.say("every rating made is at the province" if arrived else

@@ -128,6 +128,28 @@ def test_the_check_finds_a_record_the_province_lost(tmp_path):
     assert "is not at the province" in result.problems[0]
 
 
+def test_the_check_tells_a_case_never_reported_from_a_case_lost(tmp_path, monkeypatch):
+    """A case the window system could never get to the gateway is `unreported`, not `lost`: the day fails and
+    its summary shows both counts."""
+    from simulator import fleet as fleet_module
+
+    finish = Hall.finish_case
+
+    def never_the_first(hall, case_ref, *args, **kwargs):
+        if case_ref == "SIM0000001":
+            raise ConnectionRefusedError("the window system's line to the gateway is down")
+        return finish(hall, case_ref, *args, **kwargs)
+    monkeypatch.setattr(Hall, "finish_case", never_the_first)
+    monkeypatch.setattr(fleet_module, "REPORT_DRAIN_S", 2.0)
+    day = scenarios.parse({"seconds": 6, "days_after": 20, "devices": {"firmware": 0, "virtual": 5},
+                           "citizens": {"cases_per_minute": 30.0, "think_s": [0.1, 0.3]}})
+    result = Fleet(day, tmp_path, say=print).run()
+    assert not result.ok
+    assert (result.unreported, result.lost) == (1, 0) and result.cases == result.forwarded
+    assert "case SIM0000001 was never reported to the gateway" in result.problems[0]
+    assert "unreported=1 orphans=0 duplicates=0 lost=0" in result.summary()
+
+
 @pytest.mark.parametrize("document, message", [
     ({"seconds": "long"}, "seconds must be float"),
     ({"devices": {"virtual": -1}}, "devices.virtual must be between 0 and 50000"),
