@@ -34,7 +34,7 @@ def hold() -> int:
         read, _pipe = os.pipe()
         try:
             _guard = subprocess.Popen([sys.executable, "-c", GUARD, f"hcp-sim leash of {os.getpid()}"], stdin=read,
-                                      stdout=subprocess.DEVNULL, process_group=0)
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0)
         finally:
             os.close(read)
     return _guard.pid
