@@ -37,7 +37,7 @@ BUILTIN = Path(__file__).resolve().parent / "scenarios"
 
 FAULT_KINDS = {
     "broker_restart": "stop and start the broker (its persistent sessions kept)",
-    "gateway_kill": "SIGKILL the gateway, start it again after `for` seconds",
+    "gateway_kill": "SIGKILL the gateway, start it again after `for` seconds (unless running by then: one gateway)",
     "province_outage": "the provincial system refuses connections for `for` seconds",
     "province_errors": "the province answers 5xx to share `rate` of submissions for `for` seconds",
     "network_cut": "`devices` virtual and `firmware` real devices lose the network for `for` seconds",
