@@ -14,6 +14,7 @@ import io
 import os
 import queue
 import signal
+import sys
 import tempfile
 import time
 import tkinter as tk
@@ -259,16 +260,24 @@ def run(devices: int = 3, workdir: Path | None = None, zoom: int = 1, say=print)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(workdir) if workdir else Path(tmp)
         hall, started = open_hall(work, devices)
+        terminated = []
         try:
             root = tk.Tk()
             _wake_on_signals(root)
             app = Simulator(root, hall, started, zoom)
+            # SIGTERM closes the window as its close button does, from Tk's loop. hcp-sim's own handler raises
+            # SystemExit wherever the main thread is: as the window opens, that is inside the worker pool starting
+            # its first thread, which is then never told to end, and the interpreter waits for it forever.
+            previous = signal.signal(signal.SIGTERM, lambda *_: (terminated.append(1), root.after_idle(root.destroy)))
             say(f"gateway database {hall.db_path}; rating pages and case API {hall.api_url} "
                 f"(key {hall.api_key}); province {hall.province.url}/sim/records")
             root.protocol("WM_DELETE_WINDOW", root.destroy)
             root.mainloop()
+            signal.signal(signal.SIGTERM, previous)
             app.close()
         finally:
             for device, _ in started:
                 device.stop()
             hall.stop()
+    if terminated:
+        sys.exit(143)
