@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import secrets
 from pathlib import Path
@@ -17,7 +16,7 @@ import jinja2
 from gateway import cases, ratings
 from gateway.errors import InvalidInput, NotFound
 from gateway.httpservice import Request, Response
-from gateway.workdays import CHINA
+from gateway.workdays import china_day
 from protocol import codec
 
 PHONE_COOKIE = "hcp_phone"
@@ -119,7 +118,7 @@ class Pages:
         now = self.clock.now()
         rating = ratings.from_page(device, None, choice, now)
         phone_hash = hashlib.sha256(phone.encode()).hexdigest()[:32]  # the cookie itself is never stored
-        day = dt.datetime.fromtimestamp(now, CHINA).date().isoformat()
+        day = china_day(now).isoformat()
         c = self.config
         outcome = self.writer.call(lambda conn: ratings.store_window_rating(
             conn, rating, window_no, phone_hash, day, c["api.window_ratings_per_hour"], self.calendar,

@@ -46,9 +46,18 @@ class WorkCalendar:
 
     def deadline(self, start_epoch: float, workdays: int) -> float:
         """End (China time) of the `workdays`-th working day after the day of `start_epoch`, as Unix seconds."""
-        return self._deadline(dt.datetime.fromtimestamp(start_epoch, CHINA).date(), workdays)
+        return self._deadline(china_day(start_epoch), workdays)
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019 - calendars live as long as the gateway; days repeat
     def _deadline(self, start: dt.date, workdays: int) -> float:
-        last = self.add_workdays(start, workdays)
-        return dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), CHINA).timestamp()
+        return day_end(self.add_workdays(start, workdays))
+
+
+def china_day(epoch: float) -> dt.date:
+    """The China date of a moment."""
+    return dt.datetime.fromtimestamp(epoch, CHINA).date()
+
+
+def day_end(day: dt.date) -> float:
+    """The end of a China date (the next one's midnight), as Unix seconds."""
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), CHINA).timestamp()

@@ -12,7 +12,7 @@ import sqlite3
 
 from gateway import audit
 from gateway.errors import Conflict, InvalidInput, NotFound
-from gateway.workdays import CHINA
+from gateway.workdays import china_day, day_end
 from protocol import upstream
 
 STEP_NAMES = {"visited": "回访", "appealed": "申诉", "appeal_upheld": "申诉成立", "appeal_rejected": "申诉驳回",
@@ -75,7 +75,7 @@ def _step_fields(step: str, handler: str, fields: dict, rectify_by: float | None
     deadline = fields.get("deadline")
     defaulted = step == "rectifying" and deadline is None and rectify_by is not None
     if defaulted:
-        deadline = dt.datetime.fromtimestamp(rectify_by - 1, CHINA).date().isoformat()  # its last working day
+        deadline = china_day(rectify_by - 1).isoformat()  # its last working day
     values = {"visit_result": fields.get("visit_result"), "content": fields.get("content"), "deadline": deadline}
     if not isinstance(handler, str) or not handler:
         raise InvalidInput("handler: the 工号 or account of who took the step", "handler")
@@ -86,7 +86,7 @@ def _step_fields(step: str, handler: str, fields: dict, rectify_by: float | None
         named = problem[1].replace(":", " ").split(" ")[0]
         raise InvalidInput(problem[1], _FIELDS.get(named))
     if deadline is not None and step in upstream.NEEDS_DEADLINE:
-        if dt.date.fromisoformat(deadline) < dt.datetime.fromtimestamp(now, CHINA).date():
+        if dt.date.fromisoformat(deadline) < china_day(now):
             raise InvalidInput("the work order's 整改 deadline has passed: give a new one (deadline)" if defaulted
                                else "deadline: not in the past", "deadline")
     return values
@@ -94,7 +94,7 @@ def _step_fields(step: str, handler: str, fields: dict, rectify_by: float | None
 
 def _end_of(day: str) -> float:
     """The end of a China date (YYYY-MM-DD), as Unix seconds."""
-    return dt.datetime.combine(dt.date.fromisoformat(day) + dt.timedelta(days=1), dt.time(), CHINA).timestamp()
+    return day_end(dt.date.fromisoformat(day))
 
 
 def raise_warnings(conn: sqlite3.Connection, now: float, percent: int) -> int:
